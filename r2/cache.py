@@ -1,0 +1,462 @@
+"""The feature cache: frozen-CLIP layer taps on disk, written once by `extract/run.py`, read by the trainer.
+
+Layout for a cache named `tacos`::
+
+    cache/tacos.h5                      the entry file: the one path the trainer opens (small)
+    cache/tacos.parts/                  the features, one or more HDF5 files per shard
+        shard-00000-of-00004.000.h5     segment 0 of shard 0/4 (a resumed shard may have segments 001, 002, ...)
+        shard-00000-of-00004.lock       held while an extractor writes shard 0/4 (a second one refuses)
+        failures.jsonl                  one JSON line per video that could not be decoded/encoded
+
+Entry file (`cache/<name>.h5`), attributes:
+    format = "r2-cache", version = 1
+    fingerprint   JSON: everything that changes the features (CLIP name and weight checksum, layers, fps,
+                  frame size, resize/crop rule, normalisation, ffmpeg and decoder versions, stored dtype).
+    dims          JSON: {"video_dim": Dv, "query_dim": Dq, "tokens": P+1, "layers": [9, 10, 11, 12]}
+    dataset       the dataset name (demo, custom, qvhighlights, ...), `splits` JSON list of split names
+  datasets:
+    annotations/<split>   one UTF-8 string: the split's records as JSON lines (`r2.datasets.Record.to_json`),
+                          so a cache is self-contained for training and evaluation.
+
+Segment file (`<name>.parts/shard-IIIII-of-NNNNN.SSS.h5`), written in HDF5 SWMR mode so that a writer killed at
+any moment (SIGKILL, power to the process gone) leaves a file whose committed content is intact. Every dataset is
+append-only along its first axis; rows become visible only when their index row is committed, and the index is
+flushed after the rows it points to, so readers never see a half-written video or query.
+    video_feats  float16 (N_frames, K, P+1, Dv)   all frames of all videos, one video = a contiguous row range,
+                                                  chunked one frame per chunk, uncompressed (activations gain
+                                                  3-15% from compression and reads get 3-30x slower)
+    video_times  float64 (N_frames,)              timestamp in seconds of each sampled frame
+    video_index  int64   (N_videos, 4)            [id_offset, id_length, first_row, n_rows]
+    video_info   float64 (N_videos, 2)            [duration seconds, sampling fps]
+    video_ids    uint8   (N_id_bytes,)            UTF-8 video ids, back to back (ids never become HDF5 keys,
+                                                  so `/`, dots or `..` in an id cannot escape anything)
+    query_feats  float16 (N_tokens, K, Dq)        SOT..EOT tokens of every distinct query text (no 77-padding)
+    query_index  int64   (N_queries, 4)           [text_offset, text_length, first_row, n_rows]
+    query_texts  uint8   (N_text_bytes,)          UTF-8 query texts (features depend on the text alone, so a
+                                                  text shared by several queries is stored once)
+  The segment's attributes repeat `fingerprint` and `dims`, plus `shard` ("i/n").
+
+A killed writer may leave rows past the last committed index row; they are never read, and a segment that was
+not closed cleanly is never written again (its HDF5 status flags stay set): the next run appends a new segment.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FORMAT = "r2-cache"
+VERSION = 1
+FEATURE_DTYPE = np.float16
+
+
+class CacheError(Exception):
+    """A cache that cannot be used as asked: the message names the file and what to do."""
+
+
+def parts_dir(entry: Path) -> Path:
+    """The folder beside the entry file that holds its shards: cache/x.h5 -> cache/x.parts."""
+    entry = Path(entry)
+    return entry.with_name(entry.stem + ".parts")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/8' -> (2, 8), with 0 <= i < n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 0/4 for the first of four shards") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def _shard_stem(shard: tuple[int, int]) -> str:
+    return f"shard-{shard[0]:05d}-of-{shard[1]:05d}"
+
+
+def fingerprint_diff(a: dict, b: dict) -> str:
+    """A readable list of the fields where two fingerprints differ."""
+    keys = sorted(set(a) | set(b))
+    return "; ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def write_entry(entry: Path, *, dataset: str, fingerprint: dict, dims: dict, annotations: dict[str, list[dict]]):
+    """Create the entry file, or check that an existing one was made with the same settings.
+
+    Written to a temporary name and renamed, so a reader never sees a half-written entry. An existing entry with
+    another fingerprint is refused: mixing features from two settings in one cache would silently corrupt it.
+    """
+    entry = Path(entry)
+    if entry.exists():
+        old = open_entry_attrs(entry)
+        if old["fingerprint"] != fingerprint:
+            raise CacheError(
+                f"{entry} was extracted with other settings ({fingerprint_diff(old['fingerprint'], fingerprint)}); "
+                f"pass --out for a new cache, or delete {entry} and {parts_dir(entry)} to start over"
+            )
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = VERSION
+        f.attrs["dataset"] = dataset
+        f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+        f.attrs["dims"] = json.dumps(dims, sort_keys=True)
+        f.attrs["splits"] = json.dumps(sorted(annotations))
+        group = f.create_group("annotations")
+        for split, records in annotations.items():
+            group.create_dataset(split, data="\n".join(json.dumps(r, ensure_ascii=False) for r in records),
+                                 dtype=h5py.string_dtype("utf-8"))
+    os.replace(tmp, entry)
+
+
+def open_entry_attrs(entry: Path) -> dict:
+    """Read and check the entry file's attributes; a clear error for anything that is not an r2 cache."""
+    entry = Path(entry)
+    if not entry.is_file():
+        raise CacheError(f"{entry}: no such cache; make one with `python extract/run.py --dataset NAME` first")
+    try:
+        with h5py.File(entry, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError as e:
+        raise CacheError(f"{entry}: not a readable HDF5 file ({e}); re-run extraction to rebuild it") from None
+    if attrs.get("format") != FORMAT:
+        raise CacheError(f"{entry}: not an r2 cache (no format={FORMAT!r} attribute)")
+    if int(attrs["version"]) != VERSION:
+        raise CacheError(f"{entry}: cache format version {attrs['version']}, this r2 reads version {VERSION}")
+    return {
+        "dataset": str(attrs["dataset"]),
+        "fingerprint": json.loads(attrs["fingerprint"]),
+        "dims": json.loads(attrs["dims"]),
+        "splits": json.loads(attrs["splits"]),
+    }
+
+
+class ShardLockedError(CacheError):
+    pass
+
+
+class ShardWriter:
+    """Appends videos and queries to one shard of a cache, safely against kills and concurrent writers.
+
+    Usage::
+        with ShardWriter(entry, shard=(0, 1), fingerprint=fp, dims=dims) as w:
+            if vid not in w.videos: w.add_video(vid, feats, times, duration, fps)
+    """
+
+    def __init__(self, entry: Path, *, shard: tuple[int, int], fingerprint: dict, dims: dict):
+        self.entry = Path(entry)
+        self.shard = shard
+        self.fingerprint = fingerprint
+        self.dims = dims
+        self.dir = parts_dir(self.entry)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stem = _shard_stem(shard)
+        self._lock = _acquire_lock(self.dir / f"{stem}.lock")
+        try:
+            self.videos: set[str] = set()
+            self.queries: set[str] = set()
+            segments = sorted(self.dir.glob(f"{stem}.*.h5"))
+            for seg in segments:
+                index = read_segment_index(seg)
+                _check_segment(seg, index.fingerprint, index.dims, fingerprint, dims)
+                self.videos.update(index.videos)
+                self.queries.update(index.queries)
+            self.file = self._open_segment(segments, stem)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open_segment(self, segments: list[Path], stem: str) -> h5py.File:
+        # Reopen the last segment if it was closed cleanly; a segment left by a killed writer keeps its status
+        # flags and is only ever read from now on: new work goes to a fresh segment.
+        if segments:
+            try:
+                f = h5py.File(segments[-1], "r+", libver="latest")
+            except OSError:
+                f = None
+            if f is not None:
+                _truncate_to_committed(f)
+                f.swmr_mode = True
+                return f
+            number = int(segments[-1].suffixes[-2].lstrip(".")) + 1
+        else:
+            number = 0
+        path = self.dir / f"{stem}.{number:03d}.h5"
+        tmp = path.with_name(path.name + ".tmp")
+        f = h5py.File(tmp, "w", libver="latest")
+        f.attrs["fingerprint"] = json.dumps(self.fingerprint, sort_keys=True)
+        f.attrs["dims"] = json.dumps(self.dims, sort_keys=True)
+        f.attrs["shard"] = f"{self.shard[0]}/{self.shard[1]}"
+        k, p, dv, dq = len(self.dims["layers"]), self.dims["tokens"], self.dims["video_dim"], self.dims["query_dim"]
+        _appendable(f, "video_feats", (k, p, dv), FEATURE_DTYPE, rows_per_chunk=1)
+        _appendable(f, "video_times", (), np.float64, rows_per_chunk=4096)
+        _appendable(f, "video_index", (4,), np.int64, rows_per_chunk=1024)
+        _appendable(f, "video_info", (2,), np.float64, rows_per_chunk=1024)
+        _appendable(f, "video_ids", (), np.uint8, rows_per_chunk=16384)
+        _appendable(f, "query_feats", (k, dq), FEATURE_DTYPE, rows_per_chunk=16)
+        _appendable(f, "query_index", (4,), np.int64, rows_per_chunk=1024)
+        _appendable(f, "query_texts", (), np.uint8, rows_per_chunk=16384)
+        f.flush()
+        f.close()
+        os.replace(tmp, path)  # the segment appears under its final name only once its structure is complete
+        f = h5py.File(path, "r+", libver="latest")
+        f.swmr_mode = True
+        return f
+
+    def add_video(self, vid: str, feats: np.ndarray, times: np.ndarray, duration: float, fps: float):
+        """Append one video: feats (T, K, P+1, Dv), times (T,). Visible to readers only once complete."""
+        k, p, dv = len(self.dims["layers"]), self.dims["tokens"], self.dims["video_dim"]
+        if feats.ndim != 4 or feats.shape[1:] != (k, p, dv) or len(times) != len(feats) or len(feats) == 0:
+            raise ValueError(f"video {vid!r}: features {feats.shape} / times {np.shape(times)} do not match "
+                             f"(T, {k}, {p}, {dv}) with T >= 1")
+        f = self.file
+        first = _append(f["video_feats"], feats.astype(FEATURE_DTYPE, copy=False))
+        _append(f["video_times"], np.asarray(times, dtype=np.float64))
+        id_offset, id_len = _append_bytes(f["video_ids"], vid)
+        _append(f["video_info"], np.array([[duration, fps]], dtype=np.float64))
+        for name in ("video_feats", "video_times", "video_ids", "video_info"):
+            f[name].flush()
+        _append(f["video_index"], np.array([[id_offset, id_len, first, len(feats)]], dtype=np.int64))
+        f["video_index"].flush()  # the commit point
+        self.videos.add(vid)
+
+    def add_query(self, text: str, feats: np.ndarray):
+        """Append one query text's token features (L, K, Dq)."""
+        k, dq = len(self.dims["layers"]), self.dims["query_dim"]
+        if feats.ndim != 3 or feats.shape[1:] != (k, dq) or len(feats) == 0:
+            raise ValueError(f"query {text!r}: features {feats.shape} do not match (L, {k}, {dq})")
+        f = self.file
+        first = _append(f["query_feats"], feats.astype(FEATURE_DTYPE, copy=False))
+        offset, length = _append_bytes(f["query_texts"], text)
+        f["query_feats"].flush()
+        f["query_texts"].flush()
+        _append(f["query_index"], np.array([[offset, length, first, len(feats)]], dtype=np.int64))
+        f["query_index"].flush()
+        self.queries.add(text)
+
+    def failed(self, record: dict):
+        """Append one failure line (video id, file, error) to the cache's failures file."""
+        line = json.dumps({"shard": f"{self.shard[0]}/{self.shard[1]}", **record}, ensure_ascii=False)
+        with open(self.dir / "failures.jsonl", "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+
+    def close(self):
+        try:
+            self.file.close()
+        finally:
+            self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _acquire_lock(path: Path):
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ShardLockedError(f"{path}: this shard is being written by {holder}; run each shard once "
+                               f"(--shard I/N), or wait for it to finish") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    handle.flush()
+    return handle
+
+
+def _appendable(f: h5py.File, name: str, row_shape: tuple, dtype, rows_per_chunk: int):
+    f.create_dataset(name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype,
+                     chunks=(rows_per_chunk, *row_shape))
+
+
+def _append(ds: h5py.Dataset, rows: np.ndarray) -> int:
+    first = ds.shape[0]
+    ds.resize(first + len(rows), axis=0)
+    ds[first:] = rows
+    return first
+
+
+def _append_bytes(ds: h5py.Dataset, text: str) -> tuple[int, int]:
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    return _append(ds, data), len(data)
+
+
+def _truncate_to_committed(f: h5py.File):
+    """Drop rows past the last committed index row (left by a writer that failed between the two)."""
+    for index, pairs in (("video_index", [("video_ids", 0, 1), ("video_feats", 2, 3), ("video_times", 2, 3)]),
+                         ("query_index", [("query_texts", 0, 1), ("query_feats", 2, 3)])):
+        idx = f[index][...]
+        for name, start, length in pairs:
+            end = int((idx[:, start] + idx[:, length]).max()) if len(idx) else 0
+            if f[name].shape[0] != end:
+                f[name].resize(end, axis=0)
+    n = f["video_index"].shape[0]
+    if f["video_info"].shape[0] != n:
+        f["video_info"].resize(n, axis=0)
+
+
+def _check_segment(path: Path, fp: dict, dims: dict, want_fp: dict, want_dims: dict):
+    if fp != want_fp:
+        raise CacheError(f"{path} holds features made with other settings ({fingerprint_diff(fp, want_fp)}); "
+                         f"pass --out for a new cache, or delete {path.parent} to start over")
+    if dims != want_dims:
+        raise CacheError(f"{path}: dims {dims} differ from {want_dims}")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class SegmentIndex:
+    """What one segment file holds, read from its committed index rows only."""
+    path: Path
+    fingerprint: dict
+    dims: dict
+    videos: dict[str, tuple[int, int, float, float]]  # vid -> (first_row, n_rows, duration, fps)
+    queries: dict[str, tuple[int, int]]  # text -> (first_row, n_rows)
+
+
+def _open_read(path: Path) -> h5py.File:
+    # SWMR read mode: works while a writer appends, and on a segment whose writer was killed.
+    try:
+        return h5py.File(path, "r", swmr=True, libver="latest")
+    except OSError as e:
+        raise CacheError(f"{path}: cannot open this cache segment ({e}); delete it and re-run extraction "
+                         f"for its shard") from None
+
+
+def read_segment_index(path: Path) -> SegmentIndex:
+    with _open_read(path) as f:
+        vindex = f["video_index"][...]
+        vinfo = f["video_info"][: len(vindex)]
+        vid_bytes = f["video_ids"][...].tobytes()
+        qindex = f["query_index"][...]
+        q_bytes = f["query_texts"][...].tobytes()
+        fp, dims = json.loads(f.attrs["fingerprint"]), json.loads(f.attrs["dims"])
+    videos = {}
+    for (off, n, first, rows), (duration, fps) in zip(vindex, vinfo):
+        videos.setdefault(vid_bytes[off:off + n].decode("utf-8"), (int(first), int(rows), float(duration), float(fps)))
+    queries = {}
+    for off, n, first, rows in qindex:
+        queries.setdefault(q_bytes[off:off + n].decode("utf-8"), (int(first), int(rows)))
+    return SegmentIndex(path, fp, dims, videos, queries)
+
+
+class Cache:
+    """Read side of a cache: one entry path in, features per video and per query text out.
+
+    Index reading happens once, in the constructor; the segment files are opened lazily and per process, so a
+    `Cache` can be handed to DataLoader workers (each worker opens its own handles after fork).
+    """
+
+    def __init__(self, entry: str | Path):
+        self.entry = Path(entry)
+        attrs = open_entry_attrs(self.entry)
+        self.dataset: str = attrs["dataset"]
+        self.fingerprint: dict = attrs["fingerprint"]
+        self.dims: dict = attrs["dims"]
+        self.splits: list[str] = attrs["splits"]
+        self.segments: list[Path] = sorted(parts_dir(self.entry).glob("shard-*.h5"))
+        self._videos: dict[str, tuple[int, int, int, float, float]] = {}  # vid -> (segment, first, rows, dur, fps)
+        self._queries: dict[str, tuple[int, int, int]] = {}  # text -> (segment, first, rows)
+        self.duplicates: list[str] = []
+        for s, path in enumerate(self.segments):
+            index = read_segment_index(path)
+            if index.fingerprint != self.fingerprint or index.dims != self.dims:
+                raise CacheError(f"{path} was made with other settings than {self.entry} "
+                                 f"({fingerprint_diff(index.fingerprint, self.fingerprint)}); delete it and "
+                                 f"re-run extraction for its shard")
+            for vid, (first, rows, duration, fps) in index.videos.items():
+                if vid in self._videos:
+                    self.duplicates.append(vid)
+                    continue
+                self._videos[vid] = (s, first, rows, duration, fps)
+            for text, (first, rows) in index.queries.items():
+                self._queries.setdefault(text, (s, first, rows))
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    # -- metadata
+    @property
+    def videos(self) -> list[str]:
+        return list(self._videos)
+
+    @property
+    def texts(self) -> list[str]:
+        return list(self._queries)
+
+    def has_video(self, vid: str) -> bool:
+        return vid in self._videos
+
+    def has_query(self, text: str) -> bool:
+        return text in self._queries
+
+    def num_frames(self, vid: str) -> int:
+        return self._videos[vid][2]
+
+    def video_info(self, vid: str) -> tuple[float, float]:
+        """(duration seconds, sampling fps) of a cached video."""
+        return self._videos[vid][3:]
+
+    def records(self, split: str) -> list[dict]:
+        """A split's annotation records (Record.to_json dicts) as stored in the entry file."""
+        if split not in self.splits:
+            raise CacheError(f"{self.entry}: no split {split!r}; this cache has {self.splits}")
+        with h5py.File(self.entry, "r") as f:
+            text = f["annotations"][split][()].decode("utf-8")
+        return [json.loads(line) for line in text.splitlines() if line]
+
+    # -- features
+    def _file(self, segment: int) -> h5py.File:
+        if os.getpid() != self._pid:  # forked into a worker: never share HDF5 handles across processes
+            self._handles, self._pid = {}, os.getpid()
+        f = self._handles.get(segment)
+        if f is None:
+            f = self._handles[segment] = _open_read(self.segments[segment])
+        return f
+
+    def video(self, vid: str) -> np.ndarray:
+        """float16 (T, K, P+1, Dv): one contiguous read of every tapped layer of the video."""
+        try:
+            s, first, rows, _, _ = self._videos[vid]
+        except KeyError:
+            raise KeyError(f"video {vid!r} is not in {self.entry}") from None
+        return self._file(s)["video_feats"][first:first + rows]
+
+    def times(self, vid: str) -> np.ndarray:
+        s, first, rows, _, _ = self._videos[vid]
+        return self._file(s)["video_times"][first:first + rows]
+
+    def query(self, text: str) -> np.ndarray:
+        """float16 (L, K, Dq): the query's SOT..EOT token features."""
+        try:
+            s, first, rows = self._queries[text]
+        except KeyError:
+            raise KeyError(f"query {text!r} is not in {self.entry}") from None
+        return self._file(s)["query_feats"][first:first + rows]
+
+    def close(self):
+        for f in self._handles.values():
+            f.close()
+        self._handles = {}
+
+    def __getstate__(self):  # picklable for DataLoader workers with the spawn start method
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
