@@ -1,0 +1,48 @@
+"""Configuration of the R² model (SPEC §3): one dataclass, and the per-dataset variants."""
+from dataclasses import dataclass
+
+__all__ = ["R2Config", "config_for", "DATASETS"]
+
+# SPEC §3 / §7: the feature dropout of `video_map` and `query_map` per dataset.
+_DROPOUT = {"qvhighlights": 0.5, "tacos": 0.5, "demo": 0.5, "custom": 0.5, "charades": 0.35, "ego4d": 0.3}
+# Highlight-only sets: no TEF, a single pyramid level, no boundary head.
+_HIGHLIGHT_ONLY = ("tvsum", "youtube")
+DATASETS = tuple(_DROPOUT) + _HIGHLIGHT_ONLY
+
+
+@dataclass(frozen=True)
+class R2Config:
+    video_dim: int  # Dv: width of the CLIP visual residual stream (768 for ViT-B/32)
+    query_dim: int  # Dq: width of the CLIP text residual stream (512 for ViT-B/32)
+    tokens: int  # P+1: visual tokens per frame, [CLS] first (50 for ViT-B/32 at 224 px)
+    layers: int  # K: number of tapped CLIP layers = recurrent steps of the R² Block
+    hidden: int = 256  # C: hidden size of the R² Block, pyramid and heads
+    heads: int = 8  # attention heads of the temporal layer
+    ffn_ratio: int = 4  # FFN hidden width = ffn_ratio * C
+    dropout: float = 0.5  # dropout inside video_map / query_map
+    droppath: float = 0.1  # DropPath on each residual branch of the temporal layer
+    tef: bool = True  # append the temporal endpoint feature [t/T, (t+1)/T] to every video token
+    strides: tuple[int, ...] = (1, 2, 4, 8)  # temporal pyramid strides, powers of two, ascending
+    boundary: bool = True  # build the boundary-regression head (False for TVSum / YouTube)
+
+    def __post_init__(self):
+        for name in ("video_dim", "query_dim", "tokens", "layers", "hidden", "heads", "ffn_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"R2Config.{name} = {getattr(self, name)}: must be a positive integer")
+        if self.hidden % self.heads:
+            raise ValueError(f"R2Config.hidden = {self.hidden} is not divisible by heads = {self.heads}")
+        if not self.strides or any(s < 1 or s & (s - 1) for s in self.strides) or list(self.strides) != sorted(
+            set(self.strides)
+        ):
+            raise ValueError(f"R2Config.strides = {self.strides}: need distinct ascending powers of two (e.g. 1,2,4,8)")
+
+
+def config_for(dataset: str, video_dim: int, query_dim: int, tokens: int, layers: int) -> R2Config:
+    """The SPEC §3 model variant for `dataset`; the dimensions come from the feature cache."""
+    name = dataset.lower()
+    dims = dict(video_dim=video_dim, query_dim=query_dim, tokens=tokens, layers=layers)
+    if name in _HIGHLIGHT_ONLY:
+        return R2Config(**dims, tef=False, strides=(1,), boundary=False)
+    if name in _DROPOUT:
+        return R2Config(**dims, dropout=_DROPOUT[name])
+    raise ValueError(f"dataset {dataset!r} not supported; available datasets = {list(DATASETS)}")
