@@ -106,7 +106,7 @@ class TestPointTargets:
         assert reg_at(reg, points, strides, 0, 2, 4) == [0.0, 2.0]
         # s=4, x=8: [2, 10] gives r=(6, 2), max 6 in [4, 8]; [4, 8] gives (4, 0), max 4 -> shorter one
         assert reg_at(reg, points, strides, 0, 4, 8) == [1.0, 0.0]
-        only_long, reg_long = point_targets([torch.tensor([[2.0, 10.0]])], points, strides, mask)
+        _, reg_long = point_targets([torch.tensor([[2.0, 10.0]])], points, strides, mask)
         assert reg_at(reg_long, points, strides, 0, 4, 8) == [1.5, 0.5]
 
     def test_invalid_points_never_positive(self):
