@@ -59,6 +59,8 @@ def test_config_variants():
         config_for("kinetics", 64, 64, 5, 4)
     with pytest.raises(ValueError, match="strides"):
         R2Config(**TINY, strides=(1, 3))
+    with pytest.raises(ValueError, match="hidden"):
+        R2Config(**TINY, hidden=30, heads=4)
 
 
 @pytest.mark.parametrize("n_frames,t,levels", [

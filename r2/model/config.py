@@ -29,8 +29,9 @@ class R2Config:
         for name in ("video_dim", "query_dim", "tokens", "layers", "hidden", "heads", "ffn_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"R2Config.{name} = {getattr(self, name)}: must be a positive integer")
-        if self.hidden % self.heads:
-            raise ValueError(f"R2Config.hidden = {self.hidden} is not divisible by heads = {self.heads}")
+        if self.hidden % self.heads or self.hidden % 2:
+            raise ValueError(f"R2Config.hidden = {self.hidden}: must be even (sin/cos pairs) and divisible by "
+                             f"heads = {self.heads}")
         if not self.strides or any(s < 1 or s & (s - 1) for s in self.strides) or list(self.strides) != sorted(
             set(self.strides)
         ):
