@@ -1,0 +1,157 @@
+"""r2.demo: the generated dataset follows the QVHighlights jsonl contract, is deterministic and resumable, and its
+videos show what the annotations say."""
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from r2.demo import CONCEPTS, DemoQuery, annotation, demo_video, make_demo
+from r2.video import decode
+
+N = 8
+KEYS = ["qid", "query", "duration", "vid", "relevant_clip_ids", "saliency_scores", "relevant_windows"]
+SOLID_RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
+
+
+@pytest.fixture(scope="module")
+def demo_dirs(tmp_path_factory):
+    a = make_demo(tmp_path_factory.mktemp("demo_a"), seed=0, n_videos=N, progress=False)
+    b = make_demo(tmp_path_factory.mktemp("demo_b"), seed=0, n_videos=N, progress=False)
+    return a, b
+
+
+def _records(root):
+    return {s: [json.loads(line) for line in (root / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "val")}
+
+
+def test_files_and_manifest(demo_dirs):
+    root = demo_dirs[0]
+    recs = _records(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["n_videos"] == N and manifest["complete"] is True
+    assert manifest["counts"]["queries"] == {s: len(r) for s, r in recs.items()}
+    vids = {s: {r["vid"] for r in rs} for s, rs in recs.items()}
+    assert not vids["train"] & vids["val"]  # split by video
+    assert len(vids["train"] | vids["val"]) == N == sum(manifest["counts"]["videos"].values())
+    assert manifest["counts"]["videos"]["val"] == round(0.2 * N)
+    assert sorted(p.name for p in (root / "videos").iterdir()) == sorted(f"{v}.mp4" for v in vids["train"] | vids["val"])
+
+
+def test_jsonl_schema_windows_clips_and_saliency(demo_dirs):
+    recs = _records(demo_dirs[0])
+    all_recs = recs["train"] + recs["val"]
+    assert len({r["qid"] for r in all_recs}) == len(all_recs)
+    for r in all_recs:
+        assert list(r) == KEYS
+        assert isinstance(r["qid"], int) and isinstance(r["query"], str) and r["query"]
+        assert isinstance(r["duration"], int) and 20 <= r["duration"] <= 60 and r["duration"] % 2 == 0
+        covered = []
+        for start, end in r["relevant_windows"]:
+            assert 0 <= start < end <= r["duration"] and start % 2 == 0 and end % 2 == 0
+            covered += range(start // 2, end // 2)
+        assert r["relevant_clip_ids"] == covered  # exactly the 2 s clips the windows cover, in order
+        assert len(r["saliency_scores"]) == len(covered)
+        for row in r["saliency_scores"]:
+            assert len(row) == 3 and all(isinstance(s, int) and 2 <= s <= 4 for s in row)
+
+
+def test_query_names_the_concept_of_every_window():
+    for i in range(40):
+        video = demo_video(0, i)
+        for q in video.queries:
+            assert q.query in CONCEPTS[q.concept][1]
+            starts = [s for s, _ in video.windows(q.concept)]
+            assert len(starts) == sum(c == q.concept for c, _, _ in video.segments) >= 1
+
+
+def test_content_spec_over_the_default_300_videos():
+    videos = [demo_video(0, i) for i in range(300)]
+    repeated = 0
+    for v in videos:
+        names = [c for c, _, _ in v.segments]
+        assert 3 <= len(names) <= 6 and len(set(names)) >= len(names) - 1 >= 2  # at most one concept twice
+        assert all(a != b for a, b in zip(names, names[1:]))  # never the same concept twice in a row
+        assert all(s >= 4 and s % 2 == 0 for _, s, _ in v.segments) and 20 <= v.duration <= 60
+        assert 1 <= len(v.queries) <= 2 and len({q.concept for q in v.queries}) == len(v.queries)
+        repeated += len(set(names)) < len(names)
+        if len(set(names)) < len(names):  # the repeated concept is asked: a two-window query
+            assert len(v.windows(v.queries[0].concept)) == 2
+    assert 0.2 <= repeated / len(videos) <= 0.4
+    assert Counter(c for v in videos for c, _, _ in v.segments).keys() == CONCEPTS.keys()
+    assert len({v.vid for v in videos}) == 300
+
+
+def test_saliency_peaks_inside_windows():
+    video = next(v for v in (demo_video(0, i) for i in range(100)) if max(s for _, s, _ in v.segments) >= 12)
+    concept = next(c for c, s, _ in video.segments if s >= 12)
+    rec = annotation(video, DemoQuery(qid=999, concept=concept, query="x"), seed=0)
+    start, end = next((s, e) for s, e in rec["relevant_windows"] if e - s >= 12)
+    rows = [sum(r) for cid, r in zip(rec["relevant_clip_ids"], rec["saliency_scores"]) if start // 2 <= cid < end // 2]
+    assert max(rows[0], rows[-1]) < max(rows[2:-2])  # edges lower than the middle
+
+
+def test_deterministic(demo_dirs):
+    a, b = demo_dirs
+    for name in ("train.jsonl", "val.jsonl", "manifest.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    for video in (a / "videos").iterdir():  # same ffmpeg build here: same bytes
+        assert video.read_bytes() == (b / "videos" / video.name).read_bytes()
+
+
+def test_rerun_does_nothing(demo_dirs):
+    root = demo_dirs[0]
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    make_demo(root, seed=0, n_videos=N, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+
+
+def test_resume_regenerates_only_missing_video(demo_dirs, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(demo_dirs[0], root)
+    lost = root / "videos" / "demo_00003.mp4"
+    lost.unlink()
+    (root / "videos" / "demo_00003.partial.mp4").write_bytes(b"half a video")  # a killed run's leftover
+    kept = {p: p.stat().st_mtime_ns for p in (root / "videos").glob("demo_0000[!3].mp4")}
+    make_demo(root, seed=0, n_videos=N, progress=False)
+    assert lost.read_bytes() == (demo_dirs[0] / "videos" / lost.name).read_bytes()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+
+
+def test_other_seed_in_same_folder_is_refused(demo_dirs, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(demo_dirs[0], root)
+    with pytest.raises(ValueError, match=r"manifest\.json records seed 0.*use another folder"):
+        make_demo(root, seed=1, n_videos=N, progress=False)
+
+
+def test_videos_decode_to_duration_over_two_frames_and_show_their_concepts(demo_dirs):
+    root = demo_dirs[0]
+    for i in range(N):
+        video = demo_video(0, i)
+        out = decode(root / "videos" / f"{video.vid}.mp4", 0.5)
+        assert out.frames.shape[0] == video.duration // 2 and out.duration == pytest.approx(video.duration)
+        start = 0
+        for concept, seconds, _ in video.segments:
+            clip_frames = out.frames[start // 2 : (start + seconds) // 2].astype(float)  # (n, 224, 224, 3)
+            if concept in SOLID_RGB:
+                assert np.abs(clip_frames.mean(axis=(1, 2)) - SOLID_RGB[concept]).max() < 12
+            else:
+                assert clip_frames.std(axis=(1, 2)).mean() > 20  # a textured source, not a flat field
+            start += seconds
+
+
+def test_video_with_two_identical_segments(tmp_path):
+    """Video 62 of seed 0 shows the same 6 s red segment twice: both copies must be encoded."""
+    from r2.demo import _write_video
+
+    video = demo_video(0, 62)
+    assert [(c, s) for c, s, _ in video.segments].count(("red", 6)) == 2
+    _write_video(video, tmp_path)
+    out = decode(tmp_path / f"{video.vid}.mp4", 0.5)
+    assert out.frames.shape[0] == video.duration // 2
+    for start, end in video.windows("red"):
+        red = out.frames[start // 2 : end // 2].astype(float).mean(axis=(1, 2))  # (n, 3)
+        assert np.abs(red - SOLID_RGB["red"]).max() < 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{video.vid}.mp4"]  # no partial file left behind
