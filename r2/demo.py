@@ -33,7 +33,7 @@ VAL_FRACTION = 0.2
 REPEAT_PROBABILITY = 0.3  # videos in which one concept appears in two separate segments
 SECOND_QUERY_PROBABILITY = 0.5
 
-# concept name -> (lavfi source for `seconds` at `seed`, query phrasings)
+# concept name -> (lavfi source, `{seed}` filled per segment; query phrasings, distinct words per concept)
 CONCEPTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "red": ("color=c=red", ("a red screen", "the screen turns completely red", "a plain red frame")),
     "green": ("color=c=lime", ("a green screen", "the picture is bright green", "a plain green frame")),
