@@ -1,0 +1,75 @@
+"""python -m r2.metrics --dataset qvhighlights|charades|tacos|ego4d|demo|custom --gt GT.jsonl --pred PRED.jsonl
+python -m r2.metrics --dataset youtube|tvsum --gt ANNO.json --pred PRED.json [--split val|train|none]
+
+Prints the metrics as JSON on stdout (see r2.metrics for the keys). For youtube / tvsum, PRED.json is
+{video_id: [one score per clip]}; with --split val (default) its videos must be exactly the fixed val videos of
+every domain it covers; --split none scores whatever videos it holds.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..datasets import DATASETS, TVSUM_SPLITS, YOUTUBE_SPLITS
+from . import check_saliency_predictions, evaluate, eval_tvsum, eval_youtube, read_jsonl
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m r2.metrics", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--gt", required=True, type=Path, help="GT jsonl (QVHighlights format) or YouTube/TVSum anno json")
+    p.add_argument("--pred", required=True, type=Path, help="submission jsonl, or {vid: scores} json")
+    p.add_argument("--split", default="val", choices=("val", "train", "none"),
+                   help="youtube/tvsum: the fixed split the predicted videos must equal, per domain")
+    p.add_argument("--out", type=Path, help="also write the metrics JSON here")
+    return p
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {{video_id: ...}}")
+    return data
+
+
+def _domain_metrics(args) -> dict:
+    anno, pred = _load_json(args.gt), _load_json(args.pred)
+    column = "match" if args.dataset == "youtube" else "anno"
+    check_saliency_predictions(pred, anno, args.dataset, column)
+    splits = YOUTUBE_SPLITS if args.dataset == "youtube" else TVSUM_SPLITS
+    order = None
+    if args.split != "none":
+        order = {dom: [v for v in s[args.split] if v in anno] for dom, s in splits.items()}
+        for dom in sorted({anno[v]["domain"] for v in pred}):
+            want = order.get(dom, [])
+            extra = [v for v in pred if anno[v]["domain"] == dom and v not in want]
+            missing = [v for v in want if v not in pred]
+            if extra or missing:
+                vid = (extra or missing)[0]
+                raise ValueError(f"prediction: video {vid!r} ({dom}) is {'not in' if extra else 'missing from'} the "
+                                 f"fixed {args.split} split; pass --split none to score any set of videos")
+    return (eval_youtube if args.dataset == "youtube" else eval_tvsum)(pred, anno, order)
+
+
+def main(args) -> dict:
+    if args.dataset in ("youtube", "tvsum"):
+        metrics = _domain_metrics(args)
+    else:
+        metrics = evaluate(args.dataset, read_jsonl(args.pred), read_jsonl(args.gt))
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
