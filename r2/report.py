@@ -1,0 +1,151 @@
+"""python -m r2.report RUN_DIR... [--out DIR] [--plot]
+
+One row per run with the paper's columns for its dataset, next to the paper's published R²-Tuning numbers.
+A run folder holds config.json ("dataset", optional "eval_split"), metrics.json (flat {key: value}, the best epoch's
+eval metrics) and log.csv (one row per epoch). Writes report.md and report.csv to --out; --plot also writes
+<run>_curves.png (losses and metrics per epoch from log.csv).
+"""
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .datasets import dataset_info
+
+# (column, metric key, scale): scale 100 turns the YouTube / TVSum fractions into the paper's percentages.
+_MR_COLUMNS = (("R1@0.3", "MR-full-R1@0.3", 1), ("R1@0.5", "MR-full-R1@0.5", 1), ("R1@0.7", "MR-full-R1@0.7", 1),
+               ("mIoU", "MR-full-mIoU", 1))
+_QVH_COLUMNS = (("R1@0.5", "MR-full-R1@0.5", 1), ("R1@0.7", "MR-full-R1@0.7", 1), ("mAP@0.5", "MR-full-mAP@0.5", 1),
+                ("mAP@0.75", "MR-full-mAP@0.75", 1), ("mAP", "MR-full-mAP", 1),
+                ("HD mAP", "HL-min-VeryGood-mAP", 1), ("HIT@1", "HL-min-VeryGood-Hit1", 1))
+_YOUTUBE = (("Dog", "dog"), ("Gym.", "gymnastics"), ("Par.", "parkour"), ("Ska.", "skating"), ("Ski.", "skiing"),
+            ("Sur.", "surfing"))
+_TVSUM = tuple((d, d) for d in ("VT", "VU", "GA", "MS", "PK", "PR", "FM", "BK", "BT", "DS"))
+COLUMNS = {
+    "qvhighlights": _QVH_COLUMNS, "demo": _QVH_COLUMNS, "custom": _QVH_COLUMNS,
+    "charades": _MR_COLUMNS, "tacos": _MR_COLUMNS, "ego4d": _MR_COLUMNS,
+    "youtube": tuple((c, f"mAP-{d}", 100) for c, d in _YOUTUBE) + (("Avg.", "mAP", 100),),
+    "tvsum": tuple((c, f"mAP-{d}", 100) for c, d in _TVSUM) + (("Avg.", "mAP", 100),),
+}
+
+# The paper's R²-Tuning rows (/work/shared/paper/r2-tuning-paper.md): (dataset, split) -> (source, {column: value}).
+PAPER = {
+    ("qvhighlights", "test"): ("paper Table 1 (test)", {
+        "R1@0.5": 68.03, "R1@0.7": 49.35, "mAP@0.5": 69.04, "mAP@0.75": 47.56, "mAP": 46.17, "HD mAP": 40.75,
+        "HIT@1": 64.20}),
+    ("qvhighlights", "val"): ("paper Tables 5/9 (val)", {
+        "R1@0.5": 68.71, "R1@0.7": 52.06, "mAP": 47.59, "HD mAP": 40.59, "HIT@1": 64.32}),
+    ("ego4d", "val"): ("paper Table 2", {"R1@0.3": 7.20, "R1@0.5": 4.49, "R1@0.7": 2.12, "mIoU": 4.94}),
+    ("charades", "test"): ("paper Table 2", {"R1@0.3": 70.91, "R1@0.5": 59.78, "R1@0.7": 37.02, "mIoU": 50.86}),
+    ("tacos", "test"): ("paper Table 2", {"R1@0.3": 49.71, "R1@0.5": 38.72, "R1@0.7": 25.12, "mIoU": 35.92}),
+    ("youtube", "val"): ("paper Table 3", {"Dog": 75.6, "Gym.": 73.5, "Par.": 73.0, "Ska.": 74.6, "Ski.": 74.8,
+                                           "Sur.": 84.8, "Avg.": 76.1}),
+    ("tvsum", "val"): ("paper Table 4", {"VT": 85.0, "VU": 85.9, "GA": 91.0, "MS": 81.7, "PK": 88.8, "PR": 87.4,
+                                         "FM": 78.1, "BK": 89.2, "BT": 90.3, "DS": 74.7, "Avg.": 85.2}),
+}
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a run folder needs config.json and metrics.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_row(run_dir: Path) -> dict:
+    """{"run", "dataset", "split", <paper columns>...} of one run folder."""
+    config = _read_json(run_dir / "config.json")
+    if "dataset" not in config:
+        raise ValueError(f"{run_dir / 'config.json'}: field 'dataset' missing")
+    dataset = config["dataset"]
+    metrics = _read_json(run_dir / "metrics.json")
+    split = config.get("eval_split", dataset_info(dataset).eval_split)
+    row = {"run": run_dir.name, "dataset": dataset, "split": split}
+    for column, key, scale in COLUMNS[dataset]:
+        if key in metrics:
+            row[column] = round(metrics[key] * scale, 2)
+    return row
+
+
+def build_table(run_dirs: list[Path]) -> pd.DataFrame:
+    """Runs grouped by dataset, each dataset's paper row (when published) after its runs."""
+    rows = [run_row(Path(d)) for d in run_dirs]
+    out = []
+    for dataset, split in dict.fromkeys((r["dataset"], r["split"]) for r in rows):
+        group = [r for r in rows if (r["dataset"], r["split"]) == (dataset, split)]
+        out.extend(group)
+        if (dataset, split) in PAPER:
+            source, values = PAPER[(dataset, split)]
+            present = {c for r in group for c in r} if dataset in ("youtube", "tvsum") else set(values)
+            out.append({"run": f"R²-Tuning, {source}", "dataset": dataset, "split": split,
+                        **{c: v for c, v in values.items() if c in present or c == "Avg."}})
+    return pd.DataFrame(out)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    parts = []
+    for (dataset, split), group in table.groupby(["dataset", "split"], sort=False):
+        columns = ["run"] + [c for c, _, _ in COLUMNS[dataset] if c in group and group[c].notna().any()]
+        lines = [f"### {dataset} ({split})", "", "| " + " | ".join(columns) + " |",
+                 "|" + "---|" * len(columns)]
+        for _, r in group.iterrows():
+            cells = [str(r["run"])] + ["-" if pd.isna(r[c]) else f"{r[c]:.2f}" for c in columns[1:]]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def plot_run(run_dir: Path, out_dir: Path) -> Path:
+    """<run>_curves.png: loss columns (left) and metric columns (right) of log.csv against the epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    path = run_dir / "log.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --plot needs the per-epoch log.csv of each run")
+    log = pd.read_csv(path)
+    if "epoch" not in log:
+        raise ValueError(f"{path}: column 'epoch' missing")
+    numeric = [c for c in log.columns if c != "epoch" and pd.api.types.is_numeric_dtype(log[c])]
+    losses = [c for c in numeric if "loss" in c.lower()]
+    metrics = [c for c in numeric if c not in losses]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, cols, title in ((axes[0], losses, "losses"), (axes[1], metrics, "metrics")):
+        for c in cols:
+            ax.plot(log["epoch"], log[c], label=c)
+        ax.set_title(f"{run_dir.name}: {title}")
+        ax.set_xlabel("epoch")
+        if cols:
+            ax.legend(fontsize=7)
+    out = out_dir / f"{run_dir.name}_curves.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m r2.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders")
+    p.add_argument("--out", type=Path, default=Path("."), help="where report.md / report.csv (and PNGs) go")
+    p.add_argument("--plot", action="store_true", help="also write <run>_curves.png from each log.csv")
+    return p
+
+
+def main(args) -> pd.DataFrame:
+    table = build_table(args.runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = _markdown(table)
+    print(text)
+    (args.out / "report.md").write_text(text)
+    table.to_csv(args.out / "report.csv", index=False, float_format="%.2f")
+    if args.plot:
+        for run in args.runs:
+            plot_run(Path(run), args.out)
+    return table
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
