@@ -352,8 +352,9 @@ def load_split(name: str, split: str, root: str | Path | None = None, annotation
         raise ValueError(f"dataset {name!r} has no domains; domain={domain!r} applies to youtube and tvsum only")
     if name in ("demo", "custom"):
         if annotations is None:
-            raise ValueError(f"dataset {name!r} reads QVHighlights-format jsonl given by annotations=PATH "
-                             f"(--annotations): {'the folder with train.jsonl and val.jsonl' if name == 'demo' else 'the jsonl file, split = its stem'}")
+            what = "the folder with train.jsonl and val.jsonl" if name == "demo" else "the jsonl file (split = stem)"
+            raise ValueError(f"dataset {name!r} reads QVHighlights-format jsonl: pass annotations=PATH "
+                             f"(--annotations), {what}")
         path = Path(annotations)
         if name == "demo":
             if not path.is_dir():

@@ -89,7 +89,8 @@ def test_bad_lines_fail_with_file_and_line(tmp_path):
 
 
 def test_custom_and_demo_files(tmp_path):
-    rows = [GOOD, {**GOOD, "qid": "b", "relevant_windows": [[8, 4]]}, {**GOOD, "qid": "c", "relevant_windows": [[4, 30]]}]
+    rows = [GOOD, {**GOOD, "qid": "b", "relevant_windows": [[8, 4]]},
+            {**GOOD, "qid": "c", "relevant_windows": [[4, 30]]}]
     path = _write(tmp_path / "mine.jsonl", rows)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

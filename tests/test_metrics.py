@@ -221,8 +221,8 @@ def test_write_submission_and_pack_qvhighlights(tmp_path):
 
 
 def test_cli_qvhighlights_on_small_files(tmp_path, capsys):
-    g = [gt(1, [[0, 10]], duration=20, ids=[0, 1, 2, 3, 4], scores=[[4, 4, 4]] * 5), gt(2, [[4, 8]], duration=20,
-                                                                                        ids=[2, 3], scores=[[2, 2, 2]] * 2)]
+    g = [gt(1, [[0, 10]], duration=20, ids=[0, 1, 2, 3, 4], scores=[[4, 4, 4]] * 5),
+         gt(2, [[4, 8]], duration=20, ids=[2, 3], scores=[[2, 2, 2]] * 2)]
     s = [pred(1, [[0, 10, 0.9]], [1.0] + [0.0] * 9), pred(2, [[0, 2, 0.9]], [0.0] * 10)]
     write_submission(tmp_path / "gt.jsonl", g)
     write_submission(tmp_path / "pred.jsonl", s)
