@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -199,9 +200,11 @@ def write_clip_checkpoint(state_dict: dict[str, torch.Tensor], path: str | Path,
     if torchscript:
         side = model.visual.input_resolution
         image = torch.zeros(1, 3, side, side, dtype=torch.float16)  # (B, 3, H, W)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen for this fixed input
+            warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
             traced = torch.jit.trace(model, (image, tokenize("a dummy query")), check_trace=False)
-        torch.jit.save(traced, str(path))
+            torch.jit.save(traced, str(path))
     else:
         torch.save(model.state_dict(), path)
     return path
@@ -289,8 +292,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ClipLoadError(f"CLIP checkpoint {path} not found: pass an OpenAI name ({', '.join(OPENAI_MODELS)}), "
                             f"a path to an existing checkpoint, or tiny")
     try:
-        if _is_torchscript(path):
-            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        if _is_torchscript(path):  # OpenAI ships TorchScript: torch's deprecation note is no news to the user
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", DeprecationWarning)
+                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for unreadable files; all end here, named
@@ -353,7 +358,8 @@ def _check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
     if not layers or any(not 1 <= layer <= n_layers for layer in layers):
         raise ValueError(f"CLIP layers {layers} out of range: blocks are numbered 1..{n_layers}")
     if any(b <= a for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"CLIP layers {layers} must be strictly ascending, e.g. [9, 10, 11, 12]")
+        raise ValueError(f"CLIP layers {layers} must be strictly ascending block numbers in 1..{n_layers}, "
+                         f"e.g. [9, 10, 11, 12]")
     return layers
 
 
