@@ -51,8 +51,11 @@ def check_submission(submission: list[dict], ground_truth: list[dict], moments: 
         if d["qid"] in gt:
             raise ValueError(f"ground truth: qid {d['qid']!r} appears twice")
         gt[d["qid"]] = d
-    for d in submission:
-        qid = d.get("qid")
+    for i, d in enumerate(submission, 1):
+        if not isinstance(d, dict) or "qid" not in d:
+            raise ValueError(f"submission: entry {i} has no 'qid': expected one QVHighlights-format prediction "
+                             f"dict per line (qid, vid, pred_relevant_windows, pred_saliency_scores)")
+        qid = d["qid"]
         if qid in seen:
             raise ValueError(f"submission: qid {qid!r} appears twice")
         seen.add(qid)
