@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from r2.targets import clean_windows
+
 __all__ = [
-    "DATASETS", "DatasetInfo", "Record", "TVSUM_SPLITS", "YOUTUBE_SPLITS", "VIDEO_EXTENSIONS", "clean_windows",
+    "DATASETS", "DatasetInfo", "Record", "TVSUM_SPLITS", "YOUTUBE_SPLITS", "VIDEO_EXTENSIONS",
     "data_root", "dataset_info", "load_split", "saliency_target", "video_file",
 ]
 
@@ -379,19 +381,6 @@ def load_split(name: str, split: str, root: str | Path | None = None, annotation
     return _read_jsonl(path, info.fps, check_quirks=False)
 
 
-def clean_windows(windows: list[list[float]], n_frames: int, fps: float) -> np.ndarray:
-    """SPEC §4 window repair, in seconds: clamp to [0, n_frames/fps], swap reversed windows, and make windows
-    shorter than one frame exactly one frame long around their centre (centre kept inside the video). (N, 2)."""
-    max_time = n_frames / fps
-    w = np.clip(np.asarray(windows, dtype=np.float64).reshape(-1, 2), 0.0, max_time)  # (N, 2)
-    w = np.sort(w, axis=1)  # (N, 2) reversed windows swapped
-    short = w[:, 1] - w[:, 0] < 1.0 / fps
-    centre = np.clip(w[short].sum(axis=1) / 2, 0.5 / fps, max_time - 0.5 / fps)  # (n_short,)
-    w[short, 0] = centre - 0.5 / fps
-    w[short, 1] = centre + 0.5 / fps
-    return w
-
-
 def saliency_target(info_or_name: DatasetInfo | str, record: Record, n_frames: int) -> np.ndarray:
     """(n_frames,) saliency target in [0, 1] per SPEC §4.
     qvhighlights: clip score sum / (4 x annotators) (= /12 for QVHighlights' 3 annotators); windows: 1 on frames
@@ -401,10 +390,10 @@ def saliency_target(info_or_name: DatasetInfo | str, record: Record, n_frames: i
     info = dataset_info(info_or_name) if isinstance(info_or_name, str) else info_or_name
     kind = info.saliency
     if kind == "windows":
-        w = clean_windows(record.windows, n_frames, record.fps)
+        w = clean_windows(record.windows, n_frames, record.fps)  # (N, 2) frames
         target = np.zeros(n_frames, dtype=np.float32)
-        for s, e in w:
-            target[math.ceil(s * record.fps):math.ceil(e * record.fps)] = 1.0
+        for s, e in w.tolist():
+            target[math.ceil(s):math.ceil(e)] = 1.0
         return target
     if record.clip_scores is None:
         raise ValueError(f"{info.name} video {record.vid!r} (qid {record.qid!r}) has no clip saliency scores")

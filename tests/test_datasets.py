@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from r2.datasets import (DATASETS, Record, clean_windows, data_root, dataset_info, load_split, saliency_target,
+from r2.datasets import (DATASETS, Record, data_root, dataset_info, load_split, saliency_target,
                          video_file)
 
 COUNTS = {
@@ -130,11 +130,6 @@ def test_video_file_rules(tmp_path):
     assert video_file("qvhighlights", "abc_10.0_160.0", tmp_path).suffix == ".mp4"
     with pytest.raises(FileNotFoundError, match="s30-d99-cam-002"):
         video_file("tacos", "s30-d99", tmp_path)
-
-
-def test_clean_windows_spec4():
-    w = clean_windows([[-1, 3], [9, 7], [4, 4], [19.5, 25]], n_frames=10, fps=0.5)  # video of 20 s
-    assert w.tolist() == [[0, 3], [7, 9], [3, 5], [18, 20]]  # clamp, swap, widen to one frame (centre kept inside)
 
 
 def test_saliency_targets_per_kind(data_root):
