@@ -367,13 +367,23 @@ def _autocast(bf16: bool, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _run_blocks(blocks: nn.Sequential, x: torch.Tensor, layers: list[int], taps: list[torch.Tensor]) -> None:
-    """Run blocks 1..max(layers) on x (N, B, D) and append the residual stream after each tapped block as
-    fp32 (B, N, D) to taps."""
+def _run_blocks(blocks: nn.Sequential, x: torch.Tensor, layers: list[int], causal: bool = False) -> list[torch.Tensor]:
+    """Run blocks 1..max(layers) on x (N, B, D); return the residual stream after each tapped block, fp32 (B, N, D).
+
+    `causal` runs CLIP's text blocks over the first N positions only: their mask is built for the full context, so
+    the block's two residual branches are applied here with a causal boolean mask of size N (True = masked)."""
+    mask = torch.ones(len(x), len(x), dtype=torch.bool, device=x.device).triu(1) if causal else None  # (N, N)
+    taps = []
     for number, block in enumerate(blocks[:layers[-1]], start=1):
-        x = block(x)
+        if causal:
+            h = block.ln_1(x)
+            x = x + block.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+            x = x + block.mlp(block.ln_2(x))
+        else:
+            x = block(x)
         if number in layers:
             taps.append(x.permute(1, 0, 2).float())  # (N, B, D) -> (B, N, D)
+    return taps
 
 
 def encode_frames(clip: Clip, frames: np.ndarray | torch.Tensor, layers: Sequence[int], batch_size: int = 64,
@@ -401,8 +411,7 @@ def encode_frames(clip: Clip, frames: np.ndarray | torch.Tensor, layers: Sequenc
             cls = visual.class_embedding.float().expand(len(x), 1, -1)  # (B, 1, Dv)
             x = torch.cat([cls, x], dim=1) + visual.positional_embedding.float()  # (B, P+1, Dv)
             x = visual.ln_pre(x).permute(1, 0, 2)  # (B, P+1, Dv) -> (P+1, B, Dv): CLIP's blocks take LND
-            taps = []
-            _run_blocks(visual.transformer.resblocks, x, layers, taps)
+            taps = _run_blocks(visual.transformer.resblocks, x, layers)
             out[start:start + len(batch)] = torch.stack(taps, dim=1).cpu()  # K x (B, P+1, Dv) -> (B, K, P+1, Dv)
     return out
 
@@ -413,20 +422,24 @@ def encode_texts(clip: Clip, texts: Sequence[str], layers: Sequence[int], batch_
     the residual stream after each 1-based block in `layers` (ascending), under CLIP's causal mask.
 
     L_i is the EOT position + 1: the count of non-zero ids would be one short whenever BPE id 0 ("!") occurs
-    inside a query (e.g. "wow!😀")."""
+    inside a query (e.g. "wow!😀"). Texts run in batches of similar length, each cut to its longest text: under the
+    causal mask a position never sees later ones, so the padding beyond it changes nothing."""
     layers = _check_layers(layers, clip.text_layers)
     model = clip.model
     device = model.token_embedding.weight.device
     tokens = tokenize(list(texts), model.context_length)  # (N, 77)
     lengths = (tokens.argmax(dim=1) + 1).tolist()  # EOT has the largest id
-    out = []
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(lengths)
     with torch.no_grad(), _autocast(bf16, device):
-        for start in range(0, len(tokens), batch_size):
-            ids = tokens[start:start + batch_size].to(device)  # (B, 77)
-            x = model.token_embedding(ids).float() + model.positional_embedding.float()  # (B, 77, Dq)
-            x = x.permute(1, 0, 2)  # (B, 77, Dq) -> (77, B, Dq): CLIP's blocks take LND (causal mask inside)
-            taps = []
-            _run_blocks(model.transformer.resblocks, x, layers, taps)
-            stacked = torch.stack(taps, dim=2).cpu()  # K x (B, 77, Dq) -> (B, 77, K, Dq)
-            out.extend(stacked[i, :lengths[start + i]].clone() for i in range(len(ids)))  # (L_i, K, Dq)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            width = max(lengths[i] for i in index)
+            ids = tokens[index, :width].to(device)  # (B, W)
+            x = model.token_embedding(ids).float() + model.positional_embedding[:width].float()  # (B, W, Dq)
+            x = x.permute(1, 0, 2)  # (B, W, Dq) -> (W, B, Dq): CLIP's blocks take LND
+            taps = _run_blocks(model.transformer.resblocks, x, layers, causal=True)
+            stacked = torch.stack(taps, dim=2).cpu()  # K x (B, W, Dq) -> (B, W, K, Dq)
+            for row, i in enumerate(index):
+                out[i] = stacked[row, :lengths[i]].clone()  # (L_i, K, Dq)
     return out
