@@ -289,8 +289,8 @@ def _is_torchscript(path: Path) -> bool:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The CLIP state dict in a TorchScript archive or a torch.save file (a bare dict or {"state_dict": ...})."""
     if not path.is_file():
-        raise ClipLoadError(f"CLIP checkpoint {path} not found: pass an OpenAI name ({', '.join(OPENAI_MODELS)}), "
-                            f"a path to an existing checkpoint, or tiny")
+        raise ClipLoadError(f"CLIP checkpoint {path} not found: use an OpenAI name ({', '.join(OPENAI_MODELS)}), "
+                            f"or {_WHAT_TO_PASS}")
     try:
         if _is_torchscript(path):  # OpenAI ships TorchScript: torch's deprecation note is no news to the user
             with warnings.catch_warnings():

@@ -212,7 +212,7 @@ def test_full_size_vit_b32_torchscript_checkpoint(tmp_path):
 # ------------------------------------------------------------------------------------------ errors and downloads
 
 def test_missing_path_is_a_clip_load_error(tmp_path):
-    with pytest.raises(ClipLoadError, match="nope.pt.*not found.*tiny"):
+    with pytest.raises(ClipLoadError, match=r"nope\.pt not found.*--clip PATH.*--clip tiny"):
         load_clip(str(tmp_path / "nope.pt"))
 
 
