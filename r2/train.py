@@ -1,0 +1,435 @@
+"""Stage 2: train the R² Block, pyramid and heads on a feature cache; evaluate every epoch; keep a run folder.
+
+A run folder holds: config.json (the resolved config), log.csv (one row per epoch: losses, LR, metrics),
+last.pt (everything needed to resume), best.pt (the best epoch by the dataset's headline metric),
+the best epoch's predictions (<split>_preds.jsonl; QVHighlights: hl_<split>_submission.jsonl) and metrics.json.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from r2 import datasets, metrics
+from r2.cache import Cache, CacheError, fingerprint_diff
+from r2.data import GroundingDataset, Preloaded, collate, to_device
+from r2.decode import DecodeConfig, decode, decode_config_for
+from r2.losses import Criterion, LossConfig, loss_config_for
+from r2.model import R2Config, R2Model, config_for
+
+
+@dataclass
+class Schedule:
+    """SPEC §7 per-dataset defaults."""
+    batch_size: int
+    epochs: int
+    lr: float
+    lr_drop: int | None  # epoch at which the LR is multiplied by 0.1 (None: never)
+    warmup_iters: int
+    passes: int = 1  # passes over the training data per epoch (QVHighlights: 4)
+
+
+SCHEDULES = {
+    "qvhighlights": Schedule(128, 30, 5e-4, 20, 500, passes=4),
+    "charades": Schedule(32, 50, 2.5e-4, 30, 500),
+    "tacos": Schedule(32, 100, 2.5e-4, 50, 500),
+    "ego4d": Schedule(32, 30, 2.5e-4, 20, 500),
+    "youtube": Schedule(4, 200, 5e-4, None, 50),
+    "tvsum": Schedule(4, 500, 5e-4, None, 50),
+    # not in the paper: sized so the built-in demo trains in a few minutes on a 2-core CPU
+    "demo": Schedule(32, 30, 5e-4, 20, 50),
+    "custom": Schedule(32, 50, 2.5e-4, 30, 200),
+}
+
+
+@dataclass
+class TrainConfig:
+    cache: str  # the cache entry file (cache/<name>.h5)
+    out: str | None = None  # run folder (default runs/<cache name>-<time>)
+    domain: str | None = None  # YouTube Highlights / TVSum: the domain to train and evaluate
+    # schedule (None: the dataset's default from SPEC §7)
+    batch_size: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    lr_drop: int | None = None  # epoch of the ×0.1 LR step; -1 disables it
+    warmup_iters: int | None = None
+    passes: int | None = None  # passes over the training data per epoch
+    warmup_ratio: float = 1e-3  # linear warmup starts from this fraction of the LR
+    weight_decay: float = 1e-4
+    grad_clip: float = 35.0  # max grad norm
+    # model (None: the dataset's default)
+    dropout: float | None = None
+    droppath: float | None = None
+    hidden: int | None = None
+    # loss weights (None: the dataset's default)
+    cls_weight: float | None = None
+    reg_weight: float | None = None
+    sal_weight: float | None = None
+    video_nce_weight: float | None = None
+    layer_nce_weight: float | None = None
+    # decoding (None: the dataset's default)
+    nms: str | None = None  # hard | soft | none
+    nms_iou: float | None = None
+    unit: float | None = None  # seconds; 0 disables rounding
+    # run
+    train_split: str | None = None
+    eval_split: str | None = None
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on capable GPUs, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    workers: int = 2  # DataLoader worker processes (each opens the cache itself)
+    preload: bool = False  # read the whole split's features into memory first (on the GPU when training there)
+    progress: bool = True
+    resume: str | None = None  # a run folder: continue from its last.pt
+
+
+def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, LossConfig, DecodeConfig]:
+    """Fill every None field from the dataset's defaults; the result is what config.json records."""
+    name = cache.dataset
+    info = datasets.dataset_info(name)
+    sched = SCHEDULES[name]
+    cfg = dataclasses.replace(cfg)
+    for f in ("batch_size", "epochs", "lr", "lr_drop", "warmup_iters", "passes"):
+        if getattr(cfg, f) is None:
+            setattr(cfg, f, getattr(sched, f))
+    if cfg.lr_drop is not None and cfg.lr_drop < 0:
+        cfg.lr_drop = None
+    cfg.train_split = cfg.train_split or info.train_split
+    cfg.eval_split = cfg.eval_split or info.eval_split
+    if name in ("youtube", "tvsum") and cfg.domain is None:
+        raise ValueError(f"{name} is trained per domain: pass --domain (one of {', '.join(domains(cache))})")
+    dims = cache.dims
+    model_cfg = config_for(name, video_dim=dims["video_dim"], query_dim=dims["query_dim"], tokens=dims["tokens"],
+                           layers=len(dims["layers"]))
+    model_cfg = _override(model_cfg, dropout=cfg.dropout, droppath=cfg.droppath, hidden=cfg.hidden)
+    loss_cfg = _override(loss_config_for(name), cls_weight=cfg.cls_weight, reg_weight=cfg.reg_weight,
+                         sal_weight=cfg.sal_weight, video_nce_weight=cfg.video_nce_weight,
+                         layer_nce_weight=cfg.layer_nce_weight)
+    dec_cfg = decode_config_for(name)
+    if cfg.nms is not None:
+        dec_cfg = dataclasses.replace(dec_cfg, nms=None if cfg.nms == "none" else cfg.nms)
+    if cfg.unit is not None:
+        dec_cfg = dataclasses.replace(dec_cfg, unit=cfg.unit or None)
+    dec_cfg = _override(dec_cfg, nms_iou=cfg.nms_iou)
+    return cfg, model_cfg, loss_cfg, dec_cfg
+
+
+def _override(obj, **values):
+    return dataclasses.replace(obj, **{k: v for k, v in values.items() if v is not None})
+
+
+def domains(cache: Cache) -> list[str]:
+    return sorted({r.get("domain") for split in cache.splits for r in cache.records(split) if r.get("domain")})
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(it: int, epoch: int, cfg: TrainConfig) -> float:
+    """Linear warmup from warmup_ratio to 1 over warmup_iters iterations, then ×0.1 from epoch lr_drop on."""
+    factor = 1.0
+    if it < cfg.warmup_iters:
+        alpha = it / cfg.warmup_iters
+        factor = cfg.warmup_ratio * (1 - alpha) + alpha
+    if cfg.lr_drop is not None and epoch >= cfg.lr_drop:
+        factor *= 0.1
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_meta(cache: Cache, cfg: TrainConfig, model_cfg: R2Config) -> dict:
+    return {
+        "dataset": cache.dataset,
+        "fingerprint": cache.fingerprint,
+        "dims": cache.dims,
+        "config": dataclasses.asdict(cfg),
+        "model_config": dataclasses.asdict(model_cfg),
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by r2, loaded without unpickling code (weights_only); anything else is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError for foreign or damaged files
+        raise CacheError(f"{path}: not an r2 checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or not {"model", "fingerprint", "dims", "model_config"} <= set(ckpt):
+        raise CacheError(f"{path}: not an r2 checkpoint (missing model/fingerprint/dims/model_config)")
+    return ckpt
+
+
+def check_compatible(ckpt: dict, cache: Cache, what: str):
+    """Refuse to use features from a cache that differs from the one the checkpoint was trained on."""
+    if ckpt["dims"] != cache.dims:
+        raise CacheError(f"{what} expects features with dims {ckpt['dims']}, but {cache.entry} has {cache.dims}")
+    if ckpt["fingerprint"] != cache.fingerprint:
+        raise CacheError(f"{what} was trained on features made differently from {cache.entry} "
+                         f"({fingerprint_diff(ckpt['fingerprint'], cache.fingerprint)}); re-extract with the "
+                         f"checkpoint's settings or train on this cache")
+
+
+def build_model(ckpt: dict) -> R2Model:
+    model = R2Model(R2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()}))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict(model: R2Model, loader: DataLoader, dataset: GroundingDataset, dec_cfg: DecodeConfig,
+            device: torch.device, autocast_dtype: torch.dtype | None) -> list[dict]:
+    """Predictions of a whole split in the QVHighlights submission format (plus `query`)."""
+    model.eval()
+    preds = []
+    for batch in loader:
+        batch = to_device(batch, device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            outputs = model(batch["video"], batch["video_mask"], batch["query"], batch["query_mask"])
+        for i, pred in zip(batch["index"].tolist(), decode(outputs, batch, dec_cfg)):
+            r = dataset.records[i]
+            preds.append({"qid": r.qid, "query": r.query, "vid": r.vid, **pred})
+    return preds
+
+
+def evaluate_split(model, dataset, dec_cfg, device, autocast_dtype, batch_size, workers) -> tuple[list, dict]:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers)
+    preds = predict(model, loader, dataset, dec_cfg, device, autocast_dtype)
+    gt = [r.to_json() for r in dataset.records]
+    return preds, metrics.evaluate(dataset.cache.dataset, preds, gt)
+
+
+def predictions_name(dataset: str, split: str) -> str:
+    return f"hl_{split}_submission.jsonl" if dataset == "qvhighlights" else f"{split}_preds.jsonl"
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: str, out: str | Path | None = None,
+                        batch_size: int = 32, device: str = "auto", domain: str | None = None) -> dict:
+    """Predictions and metrics of a trained checkpoint on one split of a cache, written beside it (or to out)."""
+    ckpt = load_checkpoint(checkpoint)
+    cache = Cache(cache_path)
+    check_compatible(ckpt, cache, str(checkpoint))
+    cfg = TrainConfig(**ckpt["config"])
+    _, _, _, dec_cfg = resolve(dataclasses.replace(cfg, cache=str(cache_path), domain=domain or cfg.domain), cache)
+    dev = pick_device(device)
+    model = build_model(ckpt).to(dev)
+    dataset = GroundingDataset(cache, split, train=False)
+    if domain or cfg.domain:
+        dataset.records = [r for r in dataset.records if r.domain == (domain or cfg.domain)]
+    preds, scores = evaluate_split(model, dataset, dec_cfg, dev, pick_precision("auto", dev), batch_size, 0)
+    out = Path(out) if out else Path(checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+    metrics.write_submission(out / predictions_name(cache.dataset, split), preds)
+    (out / f"{split}_metrics.json").write_text(json.dumps({"split": split, "checkpoint": str(checkpoint),
+                                                           "missing": dataset.missing, **scores}, indent=2))
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cache = Cache(cfg.cache)
+        resume = None
+        if cfg.resume:
+            resume = load_checkpoint(Path(cfg.resume) / "last.pt")
+            check_compatible(resume, self.cache, f"{cfg.resume}/last.pt")
+            saved = TrainConfig(**resume["config"])
+            cfg = dataclasses.replace(saved, resume=cfg.resume, cache=cfg.cache, progress=cfg.progress,
+                                      workers=cfg.workers, preload=cfg.preload, device=cfg.device)
+        self.cfg, self.model_cfg, self.loss_cfg, self.dec_cfg = resolve(cfg, self.cache)
+        cfg = self.cfg
+        self.device = pick_device(cfg.device)
+        self.autocast_dtype = pick_precision(cfg.precision, self.device)
+        seed_everything(cfg.seed)
+
+        self.train_set = self._dataset(cfg.train_split, train=True)
+        self.eval_set = self._dataset(cfg.eval_split, train=False)
+        if len(self.train_set) == 0:
+            raise CacheError(f"{cfg.cache}: no training sample in split {cfg.train_split!r} has features "
+                             f"({self.train_set.missing} records without cached video/query); run extraction")
+        self.model = R2Model(self.model_cfg).to(self.device)
+        self.criterion = Criterion(self.loss_cfg)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.iters_per_epoch = cfg.passes * math.ceil(len(self.train_set) / cfg.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(it, it // self.iters_per_epoch, cfg))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.epoch = 0
+        self.best = {"metric": metrics.headline(self.cache.dataset), "value": -math.inf, "epoch": -1}
+        if resume is not None:
+            self.out = Path(cfg.resume)
+            self._restore(resume)
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.out = Path(cfg.out) if cfg.out else Path("runs") / f"{Path(cfg.cache).stem}-{stamp}"
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.describe(), indent=2))
+
+    def _dataset(self, split: str, train: bool) -> GroundingDataset:
+        ds = GroundingDataset(self.cache, split, train=train)
+        if self.cfg.domain is not None:
+            ds.records = [r for r in ds.records if r.domain == self.cfg.domain]
+        if self.cfg.preload:
+            vids, texts = ds.vids_and_texts()
+            ds.source = Preloaded(self.cache, vids, texts, device="cpu")
+            print(f"preloaded {split}: {len(vids)} videos, {len(texts)} queries, "
+                  f"{ds.source.nbytes / 1e9:.2f} GB in {ds.source.seconds:.1f} s")
+        return ds
+
+    def describe(self) -> dict:
+        return {"dataset": self.cache.dataset, "cache": str(self.cfg.cache), **dataclasses.asdict(self.cfg),
+                "model_config": dataclasses.asdict(self.model_cfg), "loss_config": dataclasses.asdict(self.loss_cfg),
+                "decode_config": dataclasses.asdict(self.dec_cfg), "fingerprint": self.cache.fingerprint,
+                "dims": self.cache.dims, "headline": self.best["metric"], "device": str(self.device),
+                "autocast": str(self.autocast_dtype), "train_samples": len(self.train_set),
+                "eval_samples": len(self.eval_set)}
+
+    def _restore(self, ckpt: dict):
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch = ckpt["epoch"]
+        self.best = ckpt["best"]
+        _truncate_csv(self.out / "log.csv", self.epoch)  # rows of an epoch that ran after last.pt are redone
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    def _save(self, path: Path, full: bool):
+        state = {**checkpoint_meta(self.cache, self.cfg, self.model_cfg), "model": self.model.state_dict(),
+                 "epoch": self.epoch, "best": self.best}
+        if full:
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                         scaler=self.scaler.state_dict(),
+                         rng={"torch": torch.get_rng_state(),
+                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)  # a kill while saving never leaves a truncated checkpoint under the real name
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
+        loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
+                            num_workers=cfg.workers, generator=generator, drop_last=False,
+                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        sums: dict[str, float] = {}
+        steps = 0
+        bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False)
+        for _ in range(cfg.passes):
+            for batch in loader:
+                batch = to_device(batch, self.device)
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                    enabled=self.autocast_dtype is not None):
+                    outputs = self.model(batch["video"], batch["video_mask"], batch["query"], batch["query_mask"])
+                losses = self.criterion(outputs, batch)
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"epoch {self.epoch + 1} step {steps}: non-finite loss "
+                                             f"{ {k: float(v) for k, v in losses.items()} }")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                steps += 1
+                bar.update()
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.close()
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        print(f"run folder {self.out} | {len(self.train_set)} train / {len(self.eval_set)} {cfg.eval_split} samples"
+              f" | {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters | "
+              f"{self.device} {self.autocast_dtype or 'fp32'} | best by {self.best['metric']}")
+        log_path = self.out / "log.csv"
+        while self.epoch < cfg.epochs:
+            start = time.time()
+            train_losses = self.train_epoch()
+            preds, scores = evaluate_split(self.model, self.eval_set, self.dec_cfg, self.device, self.autocast_dtype,
+                                           cfg.batch_size, cfg.workers)
+            self.epoch += 1
+            row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                   **{f"train_{k}": round(v, 6) for k, v in train_losses.items()},
+                   **{f"{cfg.eval_split}_{k}": v for k, v in scores.items()}, "seconds": round(time.time() - start, 2)}
+            headline = scores[self.best["metric"]]
+            improved = headline > self.best["value"]
+            if improved:
+                self.best = {"metric": self.best["metric"], "value": headline, "epoch": self.epoch}
+                self._save(self.out / "best.pt", full=False)
+                metrics.write_submission(self.out / predictions_name(self.cache.dataset, cfg.eval_split), preds)
+                (self.out / "metrics.json").write_text(json.dumps(
+                    {"epoch": self.epoch, "split": cfg.eval_split, "headline": self.best["metric"], **scores},
+                    indent=2))
+            _append_csv(log_path, row)
+            self._save(self.out / "last.pt", full=True)
+            tqdm.write(f"epoch {self.epoch}/{cfg.epochs} loss {train_losses['loss']:.4f} | "
+                       f"{self.best['metric']} {headline:.2f}{' (best)' if improved else ''} | "
+                       f"{row['seconds']:.1f} s")
+        return self.best
+
+
+def _append_csv(path: Path, row: dict):
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _truncate_csv(path: Path, epochs: int):
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if int(r["epoch"]) <= epochs]
+    if len(kept) != len(rows):
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(kept)
