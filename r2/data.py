@@ -30,6 +30,11 @@ class Preloaded:
         self.nbytes = sum(x.numel() * x.element_size() for d in (self._videos, self._queries) for x in d.values())
         self.seconds = time.time() - start
 
+    @classmethod
+    def whole(cls, cache: Cache, device: str | torch.device = "cpu") -> "Preloaded":
+        """Every video and query text of the cache."""
+        return cls(cache, cache.videos, cache.texts, device)
+
     def video(self, vid: str) -> torch.Tensor:
         return self._videos[vid]
 

@@ -263,8 +263,12 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: s
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
-        self.cache = Cache(cfg.cache)
+    """Owns one run. `cache` and `features` let several runs share one opened (and preloaded) cache: a sweep
+    opens the cache and reads its features once, then hands both to every trial."""
+
+    def __init__(self, cfg: TrainConfig, cache: Cache | None = None, features: Preloaded | None = None):
+        self.cache = cache if cache is not None else Cache(cfg.cache)
+        self.features = features
         resume = None
         if cfg.resume:
             resume = load_checkpoint(Path(cfg.resume) / "last.pt")
@@ -302,10 +306,10 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(self.describe(), indent=2))
 
     def _dataset(self, split: str, train: bool) -> GroundingDataset:
-        ds = GroundingDataset(self.cache, split, train=train)
+        ds = GroundingDataset(self.cache, split, train=train, source=self.features)
         if self.cfg.domain is not None:
             ds.records = [r for r in ds.records if r.domain == self.cfg.domain]
-        if self.cfg.preload:
+        if self.cfg.preload and self.features is None:
             vids, texts = ds.vids_and_texts()
             ds.source = Preloaded(self.cache, vids, texts, device="cpu")
             print(f"preloaded {split}: {len(vids)} videos, {len(texts)} queries, "
