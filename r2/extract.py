@@ -102,6 +102,13 @@ def videos_dir(cfg: ExtractConfig) -> Path:
                      f"(README: 'The six benchmarks' says where to download them)")
 
 
+def shard_items(items, shard: tuple[int, int]) -> list[str]:
+    """The video ids (or query texts) that shard (i, n) extracts: every n-th of the sorted items, from the i-th.
+    One rule for the extractor and for `r2.verify`, which reports what each shard still lacks."""
+    i, n = shard
+    return sorted(items)[i::n]
+
+
 def extract(cfg: ExtractConfig) -> Summary:
     """Extract this shard's videos and query texts into the cache; safe to re-run (finished work is skipped)."""
     start = time.time()
@@ -111,9 +118,8 @@ def extract(cfg: ExtractConfig) -> Summary:
     fps_of: dict[str, float] = {}
     for r in records:
         fps_of.setdefault(r.vid, r.fps)
-    i, n = cfg.shard
-    vids = sorted(fps_of)[i::n]
-    texts = sorted({r.query for r in records})[i::n]
+    vids = shard_items(fps_of, cfg.shard)
+    texts = shard_items({r.query for r in records}, cfg.shard)
 
     model = clip.load_clip(cfg.clip)
     layers = clip.parse_layers(cfg.layers, model.vision_layers)
@@ -121,10 +127,23 @@ def extract(cfg: ExtractConfig) -> Summary:
     fp = fingerprint(model, layers, rates[0] if len(rates) == 1 else "per-video", cfg.bf16)
     dims = {"video_dim": model.vision_width, "query_dim": model.text_width, "tokens": model.tokens,
             "layers": layers}
-    cache.write_entry(cfg.out, dataset=cfg.dataset, fingerprint=fp, dims=dims,
-                      annotations={split: [r.to_json() for r in rs] for split, rs in splits.items()})
-
     summary = Summary()
+    try:
+        cache.write_entry(cfg.out, dataset=cfg.dataset, fingerprint=fp, dims=dims,
+                          annotations={split: [r.to_json() for r in rs] for split, rs in splits.items()})
+        _extract_shard(cfg, model, layers, fp, dims, vids, texts, fps_of, folder, summary)
+    except OSError as e:  # the entry, a segment, the lock or failures.jsonl could not be written
+        raise cache.CacheError(
+            f"cannot write the cache {cfg.out} ({type(e).__name__}: {' '.join(str(e).split())[:300]}): disk full or "
+            f"file size limit? The {summary.done + summary.skipped} videos committed in this shard are intact; free "
+            f"space and re-run the same command to resume") from None
+    summary.seconds = time.time() - start
+    return summary
+
+
+def _extract_shard(cfg: ExtractConfig, model: clip.Clip, layers: list[int], fp: dict, dims: dict, vids: list[str],
+                   texts: list[str], fps_of: dict[str, float], folder: Path, summary: Summary):
+    """Encode this shard's query texts, then its videos, appending each to the shard's segment as it is done."""
     with cache.ShardWriter(cfg.out, shard=cfg.shard, fingerprint=fp, dims=dims) as writer, torch.inference_mode():
         todo_texts = [t for t in texts if t not in writer.queries]
         for chunk in range(0, len(todo_texts), 1024):
@@ -160,8 +179,6 @@ def extract(cfg: ExtractConfig) -> Summary:
             elapsed = max(bar.format_dict["elapsed"], 1e-9)
             bar.set_postfix(frames_per_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed)
         bar.close()
-    summary.seconds = time.time() - start
-    return summary
 
 
 def failures(entry: Path) -> list[dict]:
