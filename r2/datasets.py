@@ -344,12 +344,17 @@ def _load_tvsum(path: Path, split: str, domain: str | None) -> list[Record]:
 
 # ---------------------------------------------------------------------------------------------------- public
 def load_split(name: str, split: str, root: str | Path | None = None, annotations: str | Path | None = None,
-               domain: str | None = None) -> list[Record]:
+               domain: str | None = None, fps: float | None = None) -> list[Record]:
     """Records of one split. `annotations` overrides where the file is: a file is read as-is, a folder replaces
     `<root>/<dataset folder>`. demo: `annotations` is the folder with train.jsonl / val.jsonl. custom: `annotations` is
     the jsonl file (or a folder holding `<split>.jsonl`) and the split name is the file stem. `domain` selects one
-    YouTube / TVSum domain (None = all domains)."""
+    YouTube / TVSum domain (None = all domains). `fps` sets a custom dataset's sampling rate (default 0.5, one
+    frame per 2 s clip; its saliency scores are then one row per 1/fps-second clip)."""
     info = dataset_info(name)
+    if fps is not None and name != "custom":
+        raise ValueError(f"dataset {name!r} is sampled at its own fixed rate; fps={fps} applies to custom only")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"--fps {fps}: must be a positive number of frames per second")
     if domain is not None and not info.domains:
         raise ValueError(f"dataset {name!r} has no domains; domain={domain!r} applies to youtube and tvsum only")
     if name in ("demo", "custom"):
@@ -367,7 +372,7 @@ def load_split(name: str, split: str, root: str | Path | None = None, annotation
         elif path.stem != split:
             raise ValueError(f"custom split {split!r} does not match the file {path}: the split name is the file "
                              f"stem ({path.stem!r})")
-        return _read_jsonl(path, info.fps, check_quirks=True)
+        return _read_jsonl(path, fps or info.fps, check_quirks=True)
     file_name = info.file_for(split)
     if annotations is not None and Path(annotations).is_file():
         path = Path(annotations)
