@@ -3,7 +3,7 @@
 One row per run with the paper's columns for its dataset, next to the paper's published R²-Tuning numbers.
 A run folder holds config.json ("dataset", optional "eval_split"), metrics.json (flat {key: value}, the best epoch's
 eval metrics) and log.csv (one row per epoch). Writes report.md and report.csv to --out; --plot also writes
-<run>_curves.png (losses and metrics per epoch from log.csv).
+<run>_curves.png per run from its log.csv: losses, the paper's metrics (headline thick, best epoch marked), LR.
 """
 import argparse
 import json
@@ -96,27 +96,60 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def curve_columns(log: pd.DataFrame, dataset: str, split: str, headline: str) -> dict[str, list[tuple]]:
+    """Which log.csv columns each panel of the curves plot draws, as (column, label, scale):
+    losses: every numeric column with "loss" in its name; metrics: the paper's columns for the dataset (the eval
+    split's `<split>_<key>` column, or a bare `<key>`), the headline first; lr: the learning rate."""
+    numeric = [c for c in log.columns if c != "epoch" and pd.api.types.is_numeric_dtype(log[c])]
+    losses = [(c, c, 1) for c in numeric if "loss" in c.lower()]
+    paper = {key: (label, scale) for label, key, scale in COLUMNS[dataset]}
+    label, scale = paper.get(headline, (headline, 1))
+    wanted = [(f"{label} (headline)", headline, scale)]
+    wanted += [(label, key, scale) for label, key, scale in COLUMNS[dataset] if key != headline]
+    shown = []
+    for label, key, scale in wanted:
+        for column in (f"{split}_{key}", key):
+            if column in numeric:
+                shown.append((column, label, scale))
+                break
+    return {"losses": losses, "metrics": shown, "lr": [("lr", "lr", 1)] if "lr" in numeric else []}
+
+
 def plot_run(run_dir: Path, out_dir: Path) -> Path:
-    """<run>_curves.png: loss columns (left) and metric columns (right) of log.csv against the epoch."""
+    """<run>_curves.png from log.csv against the epoch: losses (left); the paper's metrics for the dataset on the
+    eval split with the headline drawn thick and its best epoch marked (middle); the learning rate (right)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     path = run_dir / "log.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: --plot needs the per-epoch log.csv of each run")
     log = pd.read_csv(path)
     if "epoch" not in log:
         raise ValueError(f"{path}: column 'epoch' missing")
-    numeric = [c for c in log.columns if c != "epoch" and pd.api.types.is_numeric_dtype(log[c])]
-    losses = [c for c in numeric if "loss" in c.lower()]
-    metrics = [c for c in numeric if c not in losses]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, cols, title in ((axes[0], losses, "losses"), (axes[1], metrics, "metrics")):
-        for c in cols:
-            ax.plot(log["epoch"], log[c], label=c)
-        ax.set_title(f"{run_dir.name}: {title}")
+    config = _read_json(run_dir / "config.json")
+    dataset = config["dataset"]
+    split = config.get("eval_split", dataset_info(dataset).eval_split)
+    headline = config.get("headline", dataset_info(dataset).headline)
+    panels = curve_columns(log, dataset, split, headline)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4), gridspec_kw={"width_ratios": [2, 2, 1]})
+    for ax, (title, columns) in zip(axes, panels.items()):
+        for i, (column, label, scale) in enumerate(columns):
+            thick = (title == "metrics" and i == 0) or column.lower() in ("train_loss", "loss")
+            ax.plot(log["epoch"], log[column] * scale, label=label, linewidth=2.5 if thick else 1, marker=".")
+        if title == "metrics" and columns:
+            column, label, scale = columns[0]
+            best = log.loc[log[column].idxmax()]
+            ax.axvline(best["epoch"], color="grey", linestyle=":")
+            ax.annotate(f"best {best[column] * scale:.2f} @ {int(best['epoch'])}",
+                        (best["epoch"], best[column] * scale), fontsize=8)
+        if title == "lr" and columns:
+            ax.set_yscale("log")
+        ax.set_title(f"{run_dir.name}: {title}" + (f" ({split})" if title == "metrics" else ""), fontsize=9)
         ax.set_xlabel("epoch")
-        if cols:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if columns and title != "lr":
             ax.legend(fontsize=7)
     out = out_dir / f"{run_dir.name}_curves.png"
     fig.tight_layout()

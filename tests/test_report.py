@@ -3,7 +3,7 @@ import json
 
 import pandas as pd
 
-from r2.report import get_args_parser, main
+from r2.report import curve_columns, get_args_parser, main
 
 
 def _run(path, dataset, metrics, log_rows):
@@ -33,3 +33,18 @@ def test_report_two_runs(tmp_path, capsys):
     assert len(csv) == 4 and csv.loc[0, "R1@0.5"] == 60.5
     assert (out / "report.md").read_text().count("|") > 10
     assert (out / "qvh_run_curves.png").stat().st_size > 0 and (out / "yt_dog_curves.png").is_file()
+
+
+def test_curve_columns_picks_losses_paper_metrics_headline_first_and_lr():
+    log = pd.DataFrame({"epoch": [1, 2], "lr": [1e-4, 2e-4], "train_loss_cls": [1.0, 0.5], "train_loss": [2.0, 1.0],
+                        "val_MR-full-R1@0.7": [1.0, 2.0], "val_MR-full-mAP": [3.0, 4.0], "val_MR-full-R5@0.3": [0, 1],
+                        "test_MR-full-R1@0.5": [5.0, 6.0], "seconds": [9.0, 8.0]})
+    panels = curve_columns(log, "demo", "val", "MR-full-mAP")
+    assert panels["losses"] == [("train_loss_cls", "train_loss_cls", 1), ("train_loss", "train_loss", 1)]
+    # headline first; columns of another split, non-paper metrics and seconds are left out
+    assert panels["metrics"] == [("val_MR-full-mAP", "mAP (headline)", 1), ("val_MR-full-R1@0.7", "R1@0.7", 1)]
+    assert panels["lr"] == [("lr", "lr", 1)]
+    yt = pd.DataFrame({"epoch": [1], "val_mAP": [0.5], "val_mAP-dog": [0.5], "train_loss": [1.0]})
+    assert curve_columns(yt, "youtube", "val", "mAP")["metrics"] == [("val_mAP", "Avg. (headline)", 100),
+                                                                     ("val_mAP-dog", "Dog", 100)]
+    assert curve_columns(yt, "youtube", "val", "mAP")["lr"] == []
