@@ -112,6 +112,8 @@ def shard_items(items, shard: tuple[int, int]) -> list[str]:
 def extract(cfg: ExtractConfig) -> Summary:
     """Extract this shard's videos and query texts into the cache; safe to re-run (finished work is skipped)."""
     start = time.time()
+    model = clip.load_clip(cfg.clip)  # first: a missing checkpoint fails before any other work
+    layers = clip.parse_layers(cfg.layers, model.vision_layers)
     splits = load_annotations(cfg)
     records = [r for rs in splits.values() for r in rs]
     folder = videos_dir(cfg)
@@ -121,8 +123,6 @@ def extract(cfg: ExtractConfig) -> Summary:
     vids = shard_items(fps_of, cfg.shard)
     texts = shard_items({r.query for r in records}, cfg.shard)
 
-    model = clip.load_clip(cfg.clip)
-    layers = clip.parse_layers(cfg.layers, model.vision_layers)
     rates = sorted(set(fps_of.values()))
     fp = fingerprint(model, layers, rates[0] if len(rates) == 1 else "per-video", cfg.bf16)
     dims = {"video_dim": model.vision_width, "query_dim": model.text_width, "tokens": model.tokens,
