@@ -193,8 +193,8 @@ def _trial_process(cfg: SweepConfig, trial: Trial, cache: Cache, features: Prelo
             run_trial(cfg, trial, cache, features, progress=False)
 
 
-def _outcome_of_dead_process(trial: Trial, cache: Cache, exitcode: int, seconds: float) -> dict:
-    """The outcome of a trial process that ended without writing trial.json (killed, out of memory, crashed)."""
+def _outcome_of_process(trial: Trial, cache: Cache, exitcode: int, seconds: float) -> dict:
+    """What a finished trial process wrote to trial.json, or a failure when it died first (killed, out of memory)."""
     path = trial.out / "trial.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -223,7 +223,7 @@ def _run_parallel(cfg: SweepConfig, trials: list[Trial], cache: Cache, features:
             for sentinel in mp.connection.wait(list(running)):
                 proc, trial, start = running.pop(sentinel)
                 proc.join()
-                outcome = _outcome_of_dead_process(trial, cache, proc.exitcode, time.time() - start)
+                outcome = _outcome_of_process(trial, cache, proc.exitcode, time.time() - start)
                 outcomes[trial.name] = outcome
                 print(f"trial {trial.name}: {_summary(outcome)}")
     finally:

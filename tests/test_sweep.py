@@ -156,3 +156,16 @@ def test_failed_trials_are_recorded_and_the_exit_code_says_so(demo_cache, tmp_pa
     # the same folder again is refused, the sweep's results are never overwritten
     assert cli.main(cli.get_args_parser().parse_args(
         ["--cache", str(demo_cache), "--grid", "hidden=64", "--out", str(out)])) == 2
+
+
+def test_sequential_sample_without_preload(demo_cache, tmp_path):
+    result = run_sweep(SweepConfig(cache=str(demo_cache), grid={"lr": [1e-4, 5e-4], "seed": [1, 2]}, samples=1,
+                                   sample_seed=3, preload=False, out=str(tmp_path / "s"),
+                                   fixed={"epochs": 1, "batch_size": 4, "hidden": 64, "workers": 0,
+                                          "progress": False}))
+    assert result.failed == 0 and len(result.table) == 1
+    row = result.table.iloc[0]
+    config = json.loads((result.out / row["trial"] / "config.json").read_text())
+    assert (config["lr"], config["seed"]) == (row["lr"], row["seed"]) and config["epochs"] == 1
+    assert row["val MR-full-mAP"] == json.loads((result.out / row["trial"] / "metrics.json").read_text())["MR-full-mAP"]
+    assert not (result.out / row["trial"] / "output.log").exists()  # one at a time: output stays on the console
