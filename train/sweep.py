@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         if kind is bool:
             fixed.add_argument(flag, dest=f"fixed_{f.name}", action=argparse.BooleanOptionalAction, default=None)
         else:
-            fixed.add_argument(flag, dest=f"fixed_{f.name}", type=kind, default=None)
+            fixed.add_argument(flag, dest=f"fixed_{f.name}", type=kind, default=None, metavar=f.name.upper())
     return p
 
 
