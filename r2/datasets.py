@@ -425,9 +425,13 @@ def saliency_target(info_or_name: DatasetInfo | str, record: Record, n_frames: i
 
 
 def video_file(name: str, vid: str, videos_dir: Path) -> Path:
-    """The video file of `vid`: `<videos_dir>/<vid><suffix><ext>` for ext in VIDEO_EXTENSIONS (first found)."""
+    """The video file of `vid`: `<videos_dir>/<vid><suffix><ext>` for ext in VIDEO_EXTENSIONS (first found). An id
+    is a path inside `videos_dir` ('/' names a sub-folder); one that would leave it is a ValueError."""
     info = dataset_info(name)
     stem = f"{vid}{info.video_suffix}"
+    if Path(stem).is_absolute() or ".." in Path(stem).parts:
+        raise ValueError(f"{name} video id {vid!r} leaves the videos folder {videos_dir} (an absolute path or '..'); "
+                         f"ids name files inside it, '/' for a sub-folder")
     candidates = [Path(videos_dir) / f"{stem}{ext}" for ext in VIDEO_EXTENSIONS]
     for path in candidates:
         if path.is_file():
