@@ -369,7 +369,7 @@ class Trainer:
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"epoch {self.epoch + 1} step {steps}: non-finite loss "
-                                             f"{ {k: float(v) for k, v in losses.items()} }")
+                                             f"{ {k: float(v.detach()) for k, v in losses.items()} }")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.optimizer)
@@ -378,7 +378,7 @@ class Trainer:
                 self.scaler.update()
                 self.scheduler.step()
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
                 steps += 1
                 bar.update()
                 bar.set_postfix(loss=f"{float(loss):.4f}")
