@@ -18,7 +18,7 @@ shifted to absolute time, clamped to the video, rounded to the dataset's unit, m
 to the top 50; each frame's saliency is the mean over the windows that cover it. Frames stream through
 `r2.video.iter_decode` in chunks of 64: at most W + 64 encoded frames are held at once, whatever the length.
 
-W is the longest video of the training split when the checkpoint's training cache can still be read, else
+W is the longest training video, recorded in the checkpoint by the trainer (`train_frames`), else
 `TRAINED_FRAMES[dataset]` (the longest training video of each benchmark, from its annotation files).
 
 Encoded videos are kept on disk (`FeatureCache`, least recently used out beyond a byte budget), keyed by the file's
@@ -42,10 +42,11 @@ import numpy as np
 import torch
 
 from r2 import clip, video
-from r2.cache import Cache, CacheError
-from r2.decode import DecodeConfig, decode, decode_config_for, nms
+from r2.cache import CacheError
+from r2.decode import DecodeConfig, decode, nms
 from r2.model import R2Model
-from r2.train import build_model, load_checkpoint, pick_device, pick_precision
+from r2.train import TrainConfig, build_model, load_checkpoint, pick_device, pick_precision
+from r2.train import decode_config as train_decode_config
 
 __all__ = [
     "DEFAULT_CACHE_BYTES", "ENCODE_CHUNK", "TRAINED_FRAMES", "FeatureCache", "Moment", "PredictError", "Prediction",
@@ -164,33 +165,14 @@ def average_saliency(parts: Sequence[tuple[int, np.ndarray]], n_frames: int) -> 
 
 def decode_config(ckpt: dict) -> DecodeConfig:
     """The checkpoint's decoding: the dataset's SPEC §6 settings with the run's --nms / --nms-iou / --unit."""
-    cfg = decode_config_for(ckpt["dataset"])
-    run = ckpt.get("config", {})
-    if run.get("nms") is not None:
-        cfg = dataclasses.replace(cfg, nms=None if run["nms"] == "none" else run["nms"])
-    if run.get("unit") is not None:
-        cfg = dataclasses.replace(cfg, unit=run["unit"] or None)
-    if run.get("nms_iou") is not None:
-        cfg = dataclasses.replace(cfg, nms_iou=run["nms_iou"])
-    return cfg
+    return train_decode_config(ckpt["dataset"], TrainConfig(**ckpt["config"]))
 
 
 def trained_frames(ckpt: dict) -> tuple[int, str]:
-    """(W, where it comes from): the longest video of the training split in the checkpoint's training cache, when
-    that cache still exists with the checkpoint's fingerprint; else TRAINED_FRAMES[dataset]."""
-    run = ckpt.get("config", {})
-    path = run.get("cache")
-    if path and Path(path).is_file():
-        try:
-            cache = Cache(path)
-        except CacheError as err:
-            return TRAINED_FRAMES[ckpt["dataset"]], f"default for {ckpt['dataset']} (training cache unreadable: {err})"
-        split = run.get("train_split") or "train"
-        if cache.fingerprint == ckpt["fingerprint"] and split in cache.splits:
-            vids = {r["vid"] for r in cache.records(split)}
-            lengths = [cache.num_frames(v) for v in vids if cache.has_video(v)]
-            if lengths:
-                return max(lengths), f"longest {split} video in {path}"
+    """(W, where it comes from): the longest training video, recorded in the checkpoint by the trainer; else
+    TRAINED_FRAMES[dataset]."""
+    if ckpt.get("train_frames"):
+        return int(ckpt["train_frames"]), "longest training video (recorded in the checkpoint)"
     return TRAINED_FRAMES[ckpt["dataset"]], f"default for {ckpt['dataset']}"
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,13 +115,18 @@ def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, Loss
     loss_cfg = _override(loss_config_for(name), cls_weight=cfg.cls_weight, reg_weight=cfg.reg_weight,
                          sal_weight=cfg.sal_weight, video_nce_weight=cfg.video_nce_weight,
                          layer_nce_weight=cfg.layer_nce_weight)
-    dec_cfg = decode_config_for(name)
+    dec_cfg = decode_config(name, cfg)
+    return cfg, model_cfg, loss_cfg, dec_cfg
+
+
+def decode_config(dataset: str, cfg: TrainConfig) -> DecodeConfig:
+    """The dataset's SPEC §6 decoding with the run's --nms / --nms-iou / --unit overrides (none, 0: off)."""
+    dec_cfg = decode_config_for(dataset)
     if cfg.nms is not None:
         dec_cfg = dataclasses.replace(dec_cfg, nms=None if cfg.nms == "none" else cfg.nms)
     if cfg.unit is not None:
         dec_cfg = dataclasses.replace(dec_cfg, unit=cfg.unit or None)
-    dec_cfg = _override(dec_cfg, nms_iou=cfg.nms_iou)
-    return cfg, model_cfg, loss_cfg, dec_cfg
+    return _override(dec_cfg, nms_iou=cfg.nms_iou)
 
 
 def _override(obj, **values):
@@ -167,9 +172,10 @@ def lr_factor(it: int, epoch: int, cfg: TrainConfig) -> float:
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_meta(cache: Cache, cfg: TrainConfig, model_cfg: R2Config) -> dict:
+def checkpoint_meta(cache: Cache, cfg: TrainConfig, model_cfg: R2Config, train_frames: int) -> dict:
     return {
         "dataset": cache.dataset,
+        "train_frames": train_frames,  # the longest training video: r2.predict windows longer videos to this
         "fingerprint": cache.fingerprint,
         "dims": cache.dims,
         "config": dataclasses.asdict(cfg),
@@ -337,7 +343,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
     def _save(self, path: Path, full: bool):
-        state = {**checkpoint_meta(self.cache, self.cfg, self.model_cfg), "model": self.model.state_dict(),
+        train_frames = max(self.cache.num_frames(r.vid) for r in self.train_set.records)
+        state = {**checkpoint_meta(self.cache, self.cfg, self.model_cfg, train_frames), "model": self.model.state_dict(),
                  "epoch": self.epoch, "best": self.best}
         if full:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),

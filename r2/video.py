@@ -21,7 +21,6 @@ import os
 import queue
 import re
 import shutil
-import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
