@@ -1,0 +1,483 @@
+"""Check a feature cache end to end, print its metadata, and rebuild its entry file from the shards.
+
+    python -m r2.cache verify cache/x.h5 [--no-values]   structure, shapes, dtypes, finite values, fingerprints,
+                                                         coverage of the annotations; exit 0 complete, 1 valid but
+                                                         incomplete (missing or failed videos/queries), 2 broken
+    python -m r2.cache info cache/x.h5                   the entry's metadata and a line per segment
+    python extract/merge.py --out cache/x.h5 [--dataset D --annotations ...]
+                                                         after a sharded extraction: (re)write the entry when it
+                                                         is missing, verify every shard, say what is left to run
+
+Errors (exit 2) mean the cache is wrong: a segment that cannot be read, a dataset with the wrong dtype or shape, an
+index row outside its data, a non-finite feature, a segment made with other settings, shards of different counts
+(`--shard i/4` mixed with `--shard j/8`), a video or query stored twice. Missing coverage (exit 1) is normal while
+shards run or after videos failed to decode: the report names each shard's missing items and `failures.jsonl`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from r2 import cache, datasets
+from r2.extract import shard_items
+
+__all__ = ["Report", "ShardStatus", "verify", "info", "merge", "main"]
+
+SEGMENT_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.(\d{3})\.h5")
+TEXT_CONTEXT = 77  # CLIP's text context: a query's SOT..EOT tokens never exceed it
+SCAN_BYTES = 64 << 20  # feature rows read per block when checking values
+
+
+@dataclass
+class ShardStatus:
+    """One shard (i of n) of the extraction, as found on disk against what the extractor assigns to it."""
+    shard: str  # "i/n"
+    segments: list[str]  # its segment files (empty: never run)
+    videos: int  # committed videos of its assignment
+    expected_videos: int  # videos the extractor assigns to it
+    failed: list[str]  # assigned videos logged in failures.jsonl and not in the cache
+    missing: list[str]  # assigned videos neither cached nor failed (not extracted yet)
+    missing_queries: int  # assigned query texts not in the cache
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and not self.missing and not self.missing_queries
+
+
+@dataclass
+class Report:
+    entry: Path
+    dataset: str = ""
+    errors: list[str] = field(default_factory=list)  # the cache is wrong: exit 2
+    notes: list[str] = field(default_factory=list)  # harmless findings (rows left by a killed writer, temp files)
+    videos: int = 0  # distinct committed videos
+    queries: int = 0  # distinct committed query texts
+    frames: int = 0
+    feature_bytes: int = 0  # bytes of the committed float16 features
+    file_bytes: int = 0  # bytes on disk: entry + segments
+    segments: int = 0
+    expected_videos: int = 0  # distinct videos in the entry's annotations
+    expected_queries: int = 0
+    shards: list[ShardStatus] = field(default_factory=list)
+    extra_videos: list[str] = field(default_factory=list)  # cached, but in no annotation record
+    values_checked: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.shards) and all(s.complete for s in self.shards)
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.errors else 0 if self.complete else 1
+
+    def lines(self) -> list[str]:
+        """The human summary `verify` and `merge` print."""
+        out = [f"{self.entry}: dataset {self.dataset or '?'} | {self.segments} segments | videos {self.videos}/"
+               f"{self.expected_videos} | queries {self.queries}/{self.expected_queries} | frames {self.frames} | "
+               f"features {_size(self.feature_bytes)} | on disk {_size(self.file_bytes)}"
+               + ("" if self.values_checked else " | values not scanned (--no-values)")]
+        for s in self.shards:
+            if s.complete:
+                continue
+            if not s.segments:
+                out.append(f"shard {s.shard}: never run ({s.expected_videos} videos): run the extraction with "
+                           f"--shard {s.shard}")
+            else:
+                parts = [f"{s.videos}/{s.expected_videos} videos"]
+                if s.failed:
+                    parts.append(f"{len(s.failed)} failed (failures.jsonl; a re-run retries them): "
+                                 f"{_head(s.failed)}")
+                if s.missing:
+                    parts.append(f"{len(s.missing)} not extracted yet: {_head(s.missing)}")
+                if s.missing_queries:
+                    parts.append(f"{s.missing_queries} query texts not extracted yet")
+                out.append(f"shard {s.shard}: incomplete: " + "; ".join(parts) + f"; re-run with --shard {s.shard}")
+        if self.extra_videos:
+            out.append(f"note: {len(self.extra_videos)} cached videos are in no annotation record (the entry was "
+                       f"rewritten with fewer records?): {_head(self.extra_videos)}")
+        out += [f"note: {n}" for n in self.notes]
+        out += [f"error: {e}" for e in self.errors]
+        verdict = {0: "OK: complete and valid", 1: "valid but incomplete", 2: f"BROKEN: {len(self.errors)} errors"}
+        out.append(verdict[self.exit_code])
+        return out
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _head(items: list[str], k: int = 5) -> str:
+    shown = ", ".join(repr(x) for x in items[:k])
+    return shown + (f" (+{len(items) - k} more)" if len(items) > k else "")
+
+
+# ----------------------------------------------------------------------------------------------- verify
+
+
+def _expected_layout(dims: dict) -> dict[str, tuple[np.dtype, tuple]]:
+    """dataset name -> (dtype, row shape) that `ShardWriter` creates for these dims."""
+    k, p, dv, dq = len(dims["layers"]), dims["tokens"], dims["video_dim"], dims["query_dim"]
+    f16, f64, i64, u8 = (np.dtype(t) for t in (cache.FEATURE_DTYPE, np.float64, np.int64, np.uint8))
+    return {
+        "video_feats": (f16, (k, p, dv)), "video_times": (f64, ()), "video_index": (i64, (4,)),
+        "video_info": (f64, (2,)), "video_ids": (u8, ()), "query_feats": (f16, (k, dq)),
+        "query_index": (i64, (4,)), "query_texts": (u8, ()),
+    }
+
+
+@dataclass
+class _Segment:
+    """What verify read from one segment: its committed items with their row ranges."""
+    path: Path
+    shard: tuple[int, int]
+    videos: dict[str, tuple[int, int]]  # vid -> (first_row, n_rows)
+    queries: dict[str, tuple[int, int]]
+
+
+def _check_ranges(path: Path, what: str, data: str, index: np.ndarray, start: int, length: int, size: int,
+                  errors: list[str], min_length: int) -> int:
+    """Index column pairs (start, length) must lie inside the data and never overlap; returns the committed end."""
+    if len(index) == 0:
+        return 0
+    s, n = index[:, start], index[:, length]
+    bad = np.flatnonzero((s < 0) | (n < min_length) | (s + n > size))
+    if len(bad):
+        j = int(bad[0])
+        errors.append(f"{path.name}: {what} index row {j} points to {data} rows [{s[j]}, {s[j] + n[j]}) outside "
+                      f"0..{size} ({len(bad)} such rows): the segment is damaged; delete it and re-run its shard")
+        return size
+    order = np.argsort(s, kind="stable")
+    overlap = np.flatnonzero(s[order][1:] < (s + n)[order][:-1])
+    if len(overlap):
+        errors.append(f"{path.name}: {len(overlap)} {what} index rows overlap in {data}: the segment is damaged; "
+                      f"delete it and re-run its shard")
+    return int((s + n).max())
+
+
+def _scan_values(path: Path, f: h5py.File, name: str, ranges: dict[str, tuple[int, int]], what: str,
+                 errors: list[str]):
+    """Every committed row of a feature dataset must be finite; names the items holding non-finite values."""
+    ds = f[name]
+    if not ranges:
+        return
+    end = max(a + n for a, n in ranges.values())
+    row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
+    step = max(1, SCAN_BYTES // row_bytes)
+    bad_rows = []
+    for a in range(0, end, step):
+        block = ds[a:min(a + step, end)]  # (rows, ...) float16
+        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)  # (rows,)
+        bad_rows.extend((a + np.flatnonzero(~finite)).tolist())
+    if bad_rows:
+        bad = np.asarray(bad_rows)
+        items = [item for item, (a, n) in ranges.items() if ((bad >= a) & (bad < a + n)).any()]
+        errors.append(f"{path.name}: {len(bad)} {name} rows hold NaN/inf, in {what} {_head(items)}: delete the "
+                      f"segment and re-run its shard")
+
+
+def _check_segment(path: Path, entry_fp: dict, entry_dims: dict, values: bool, report: Report) -> _Segment | None:
+    errors = report.errors
+    m = SEGMENT_RE.fullmatch(path.name)
+    shard = (int(m[1]), int(m[2]))
+    try:
+        f = h5py.File(path, "r", swmr=True, libver="latest")
+    except OSError as e:
+        errors.append(f"{path.name}: cannot be opened ({' '.join(str(e).split())[:200]}): delete it and re-run "
+                      f"shard {shard[0]}/{shard[1]}")
+        return None
+    with f:
+        try:
+            fp, dims = json.loads(f.attrs["fingerprint"]), json.loads(f.attrs["dims"])
+            shard_attr = str(f.attrs["shard"])
+        except (KeyError, ValueError, TypeError) as e:
+            errors.append(f"{path.name}: missing or unreadable attribute ({e}): not written by r2's ShardWriter")
+            return None
+        if fp != entry_fp or dims != entry_dims:
+            errors.append(f"{path.name} was made with other settings than {report.entry.name} "
+                          f"({cache.fingerprint_diff(fp, entry_fp) or f'dims {dims} vs {entry_dims}'}): delete it "
+                          f"and re-run shard {shard[0]}/{shard[1]}")
+            return None
+        if shard_attr != f"{shard[0]}/{shard[1]}":
+            errors.append(f"{path.name}: its shard attribute says {shard_attr!r}, its name {shard[0]}/{shard[1]}")
+        layout_ok = True
+        for name, (dtype, row) in _expected_layout(dims).items():
+            ds = f.get(name)
+            if not isinstance(ds, h5py.Dataset):
+                errors.append(f"{path.name}: dataset {name!r} is missing")
+                layout_ok = False
+            elif ds.dtype != dtype or ds.shape[1:] != row:
+                errors.append(f"{path.name}: {name} is {ds.dtype} (N, {', '.join(map(str, ds.shape[1:]))}), "
+                              f"expected {dtype} (N, {', '.join(map(str, row))})")
+                layout_ok = False
+        if not layout_ok:
+            return None
+        n_err = len(errors)
+        vindex, qindex = f["video_index"][...], f["query_index"][...]  # (N_videos, 4), (N_queries, 4)
+        uncommitted = 0
+        for what, index, pairs in (
+                ("video", vindex, (("video_ids", 0, 1, 0), ("video_feats", 2, 3, 1), ("video_times", 2, 3, 1))),
+                ("query", qindex, (("query_texts", 0, 1, 0), ("query_feats", 2, 3, 1)))):
+            for data, start, length, min_length in pairs:
+                end = _check_ranges(path, what, data, index, start, length, f[data].shape[0], errors, min_length)
+                uncommitted += f[data].shape[0] - end if data.endswith("feats") else 0
+        if f["video_info"].shape[0] < len(vindex):
+            errors.append(f"{path.name}: video_info has {f['video_info'].shape[0]} rows for {len(vindex)} committed "
+                          f"videos: the segment is damaged; delete it and re-run its shard")
+        if len(errors) > n_err:
+            return None
+        if uncommitted:
+            report.notes.append(f"{path.name}: {uncommitted} feature rows past the last committed item (left by an "
+                                f"interrupted writer; never read)")
+        videos = _decode_items(path, "video id", f["video_ids"][...].tobytes(), vindex, errors)
+        queries = _decode_items(path, "query text", f["query_texts"][...].tobytes(), qindex, errors)
+        info = f["video_info"][: len(vindex)]  # (N_videos, 2) duration, fps
+        bad_info = np.flatnonzero(~np.isfinite(info).all(axis=1) | (info <= 0).any(axis=1))
+        if len(bad_info):
+            errors.append(f"{path.name}: videos {_head([list(videos)[j] for j in bad_info])} have a duration or fps "
+                          f"that is not a positive number")
+        times = f["video_times"][...]
+        for vid, (a, n) in videos.items():
+            t = times[a:a + n]
+            if not (np.isfinite(t).all() and t[0] >= 0 and (np.diff(t) > 0).all()):
+                errors.append(f"{path.name}: video {vid!r}: frame times are not finite, >= 0 and increasing")
+        long = [q for q, (_, n) in queries.items() if n < 2 or n > TEXT_CONTEXT]
+        if long:
+            errors.append(f"{path.name}: queries {_head(long)} have a token count outside 2..{TEXT_CONTEXT} "
+                          f"(SOT..EOT)")
+        report.frames += sum(n for _, n in videos.values())
+        row_bytes = {name: int(np.prod(f[name].shape[1:])) * f[name].dtype.itemsize
+                     for name in ("video_feats", "query_feats")}
+        report.feature_bytes += (sum(n for _, n in videos.values()) * row_bytes["video_feats"]
+                                 + sum(n for _, n in queries.values()) * row_bytes["query_feats"])
+        if values:
+            _scan_values(path, f, "video_feats", videos, "videos", errors)
+            _scan_values(path, f, "query_feats", queries, "queries", errors)
+    return _Segment(path, shard, videos, queries)
+
+
+def _decode_items(path: Path, what: str, blob: bytes, index: np.ndarray, errors: list[str]) -> dict:
+    """Index rows -> {id or text: (first_row, n_rows)}; an item twice in one segment is an error."""
+    items: dict[str, tuple[int, int]] = {}
+    for j, (off, n, first, rows) in enumerate(index.tolist()):
+        try:
+            key = blob[off:off + n].decode("utf-8")
+        except UnicodeDecodeError:
+            errors.append(f"{path.name}: {what} of index row {j} is not UTF-8: the segment is damaged")
+            continue
+        if key in items:
+            errors.append(f"{path.name}: {what} {key!r} is stored twice in this segment")
+            continue
+        items[key] = (first, rows)
+    return items
+
+
+def _records(entry: Path, splits: list[str], errors: list[str]) -> list[datasets.Record]:
+    records = []
+    with h5py.File(entry, "r") as f:
+        group = f.get("annotations")
+        for split in splits:
+            if group is None or split not in group:
+                errors.append(f"{entry.name}: split {split!r} is listed but annotations/{split} is missing")
+                continue
+            text = group[split][()].decode("utf-8")
+            for ln, line in enumerate(text.splitlines(), 1):
+                try:
+                    records.append(datasets.Record.from_json(json.loads(line), f"{entry.name}:annotations/{split}"
+                                                                                f":{ln}"))
+                except ValueError as e:
+                    errors.append(f"stored annotation record unreadable: {e}")
+    return records
+
+
+def _failures(entry: Path) -> dict[str, str]:
+    """vid -> its last logged error, from the cache's failures.jsonl."""
+    path = cache.parts_dir(entry) / "failures.jsonl"
+    out: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-append: the video is retried and logged again
+            if isinstance(d, dict) and "vid" in d:
+                out[str(d["vid"])] = str(d.get("error", ""))
+    return out
+
+
+def verify(entry: str | Path, values: bool = True) -> Report:
+    """Check everything about a cache; never raises for a broken cache (the report lists what is wrong)."""
+    report = Report(Path(entry), values_checked=values)
+    try:
+        attrs = cache.open_entry_attrs(report.entry)
+    except cache.CacheError as e:
+        report.errors.append(str(e))
+        return report
+    report.dataset = attrs["dataset"]
+    fp, dims = attrs["fingerprint"], attrs["dims"]
+    records = _records(report.entry, attrs["splits"], report.errors)
+    report.file_bytes = report.entry.stat().st_size
+    folder = cache.parts_dir(report.entry)
+    paths = sorted(folder.glob("shard-*")) if folder.is_dir() else []
+    segments: list[_Segment] = []
+    for path in paths:
+        if path.suffix == ".lock":
+            continue
+        if path.name.endswith(".h5.tmp"):
+            report.notes.append(f"{path.name}: a segment whose creation was interrupted (never read; safe to delete)")
+            continue
+        if not SEGMENT_RE.fullmatch(path.name):
+            report.errors.append(f"{path.name}: not a segment name (shard-IIIII-of-NNNNN.SSS.h5); readers glob "
+                                 f"shard-*.h5, so move it out of {folder}")
+            continue
+        report.file_bytes += path.stat().st_size
+        report.segments += 1
+        seg = _check_segment(path, fp, dims, values, report)
+        if seg is not None:
+            segments.append(seg)
+
+    counts = Counter(seg.shard[1] for seg in segments)
+    if len(counts) > 1:
+        found = ", ".join(f"{c} of N={n}" for n, c in sorted(counts.items()))
+        report.errors.append(f"segments from different shard counts ({found}): each count splits the videos "
+                             f"differently; keep one N and delete the other segments")
+    for kind in ("videos", "queries"):
+        where: dict[str, list[str]] = {}
+        for seg in segments:
+            for item in getattr(seg, kind):
+                where.setdefault(item, []).append(seg.path.name)
+        twice = {item: segs for item, segs in where.items() if len(segs) > 1}
+        if twice:
+            item, segs = next(iter(twice.items()))
+            report.errors.append(f"{len(twice)} {kind} are stored in more than one segment, e.g. {item!r} in "
+                                 f"{', '.join(segs)}: two extractions with different --shard counts (or copied "
+                                 f"segments) overlap; delete the extra segments")
+        setattr(report, kind, len(where))
+
+    vids = {r.vid for r in records}
+    texts = {r.query for r in records}
+    report.expected_videos, report.expected_queries = len(vids), len(texts)
+    cached_v = {v for seg in segments for v in seg.videos}
+    cached_q = {q for seg in segments for q in seg.queries}
+    report.extra_videos = sorted(cached_v - vids)
+    failed = _failures(report.entry)
+    n = max(counts, key=counts.get) if counts else 1
+    for i in range(n):
+        assigned = shard_items(vids, (i, n))
+        report.shards.append(ShardStatus(
+            shard=f"{i}/{n}",
+            segments=[seg.path.name for seg in segments if seg.shard == (i, n)],
+            videos=sum(v in cached_v for v in assigned),
+            expected_videos=len(assigned),
+            failed=[v for v in assigned if v not in cached_v and v in failed],
+            missing=[v for v in assigned if v not in cached_v and v not in failed],
+            missing_queries=sum(q not in cached_q for q in shard_items(texts, (i, n))),
+        ))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- info
+
+
+def info(entry: str | Path) -> list[str]:
+    """The entry's metadata and one line per segment (index reads only: fast on any size)."""
+    entry = Path(entry)
+    attrs = cache.open_entry_attrs(entry)
+    errors: list[str] = []
+    records = _records(entry, attrs["splits"], errors)
+    per_split = Counter()
+    with h5py.File(entry, "r") as f:
+        for split in attrs["splits"]:
+            if "annotations" in f and split in f["annotations"]:
+                per_split[split] = sum(1 for line in f["annotations"][split][()].decode("utf-8").splitlines() if line)
+    lines = [f"{entry}: r2 cache format {cache.VERSION}, dataset {attrs['dataset']}",
+             f"splits: " + ", ".join(f"{s} ({per_split[s]} records)" for s in attrs["splits"]),
+             f"annotated: {len({r.vid for r in records})} videos, {len({r.query for r in records})} query texts",
+             f"dims: {json.dumps(attrs['dims'], sort_keys=True)}", "fingerprint:"]
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in sorted(attrs["fingerprint"].items())]
+    folder = cache.parts_dir(entry)
+    for path in sorted(folder.glob("shard-*.h5")) if folder.is_dir() else []:
+        index = cache.read_segment_index(path)
+        frames = sum(rows for _, rows, _, _ in index.videos.values())
+        lines.append(f"segment {path.name}: {len(index.videos)} videos, {frames} frames, {len(index.queries)} "
+                     f"queries, {_size(path.stat().st_size)}")
+    n_failed = len(_failures(entry))
+    if n_failed:
+        lines.append(f"failures.jsonl: {n_failed} videos logged as failed")
+    lines += [f"error: {e}" for e in errors]
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- merge
+
+
+def merge(entry: str | Path, dataset: str | None = None, annotations: dict[str, list[datasets.Record]] | None = None,
+          values: bool = True) -> Report:
+    """After a sharded extraction: (re)write the entry file when annotations are given, then verify every shard.
+
+    Readers glob the shards, so merging moves no features: the entry (written by every extractor) is rebuilt from
+    the segments' own fingerprint and dims plus the dataset's annotations when it is missing (shards extracted on
+    machines that did not share the cache folder) or when the annotations should be refreshed. Segments that
+    disagree on their fingerprint are refused, naming the field that differs.
+    """
+    entry = Path(entry)
+    if annotations is None:
+        if not entry.is_file():
+            raise cache.CacheError(f"{entry}: no entry file; pass --dataset (and its --annotations) to rebuild it "
+                                   f"from the shards in {cache.parts_dir(entry)}")
+        return verify(entry, values)
+    paths = sorted(cache.parts_dir(entry).glob("shard-*.h5"))
+    if not paths:
+        raise cache.CacheError(f"{cache.parts_dir(entry)}: no shard segment (shard-*.h5) to merge; run "
+                               f"`python extract/run.py ... --out {entry} --shard I/N` first")
+    first = cache.read_segment_index(paths[0])
+    for path in paths[1:]:
+        index = cache.read_segment_index(path)
+        if index.fingerprint != first.fingerprint or index.dims != first.dims:
+            raise cache.CacheError(f"{path} and {paths[0]} were made with other settings "
+                                   f"({cache.fingerprint_diff(index.fingerprint, first.fingerprint) or 'dims differ'})"
+                                   f": re-extract one of them with the other's settings")
+    cache.write_entry(entry, dataset=dataset, fingerprint=first.fingerprint, dims=first.dims,
+                      annotations={split: [r.to_json() for r in rs] for split, rs in annotations.items()})
+    return verify(entry, values)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m r2.cache", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="check structure, values, fingerprints and coverage; print a summary")
+    v.add_argument("entry", type=Path, help="the cache entry file, e.g. cache/demo.h5")
+    v.add_argument("--no-values", action="store_true", help="skip reading every feature to check it is finite")
+    i = sub.add_parser("info", help="print the cache's metadata")
+    i.add_argument("entry", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.command == "info":
+        try:
+            lines = info(args.entry)
+        except cache.CacheError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(lines))
+        return 0
+    report = verify(args.entry, values=not args.no_values)
+    print("\n".join(report.lines()))
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
