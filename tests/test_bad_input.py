@@ -1,13 +1,11 @@
 """The bad-input corpus, through the real CLIs: every bad file or line gets a clear message or its documented
 handling, nothing good is lost, and training runs on what was extracted. Untrusted checkpoints never run code."""
-import importlib.util
 import json
 import os
 import pickle
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from r2.clip import tokenize
 from r2.train import TrainConfig, Trainer, load_checkpoint
 from r2.verify import verify
 from r2.video import ffmpeg_exe
-from tests.test_faults import REPO, extract_cmd, make_video, record, run, write_jsonl
+from tests.test_faults import REPO, _load_cli, extract_cmd, make_video, record, run, write_jsonl
 
 LONG_QUERY = " ".join(["the person walks slowly across the crowded market square"] * 12)  # ~110 tokens
 EMPTY_QUERY = ""
@@ -146,13 +144,6 @@ def test_verify_counts_the_failures_and_training_uses_the_good_videos(extracted,
     best = trainer.fit()
     assert best["epoch"] == 1 and best["value"] == best["value"]  # finite, not NaN
     assert (tmp_path / "run" / "best.pt").is_file()
-
-
-def _load_cli(name: str):
-    spec = importlib.util.spec_from_file_location(f"cli_{name.replace('/', '_')}", REPO / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("line,message", [
