@@ -9,7 +9,7 @@ import pytest
 
 from r2.cache import Cache, CacheError, ShardWriter, parts_dir, read_segment_index, write_entry
 from r2.extract import shard_items
-from r2.verify import info, main, merge, verify
+from r2.verify import main, merge, verify
 
 FP = {"clip": "tiny", "clip_sha256": "abc", "layers": [1, 2], "fps": 0.5}
 DIMS = {"video_dim": 8, "query_dim": 4, "tokens": 3, "layers": [1, 2]}
