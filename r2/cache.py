@@ -145,6 +145,10 @@ class ShardLockedError(CacheError):
     pass
 
 
+class CacheWriteError(CacheError):
+    """A write to a segment failed (disk full, file size limit, I/O error); what was committed before is intact."""
+
+
 class ShardWriter:
     """Appends videos and queries to one shard of a cache, safely against kills and concurrent writers.
 
@@ -172,6 +176,12 @@ class ShardWriter:
                 self.videos.update(index.videos)
                 self.queries.update(index.queries)
             self.file = self._open_segment(segments, stem)
+            # Dataset handles stay open for the writer's life: HDF5 writes feature chunks from its cache when they
+            # are flushed or their handle closes, and h5py reports a failed write only from an explicit flush
+            # (closing a handle swallows it). Held handles + a flush before each commit make a full disk an error
+            # raised before the index row that would expose the unwritten rows.
+            self._ds = {name: self.file[name] for name in _DATASETS}
+            self._broken: str | None = None
         except BaseException:
             self._lock.close()
             raise
@@ -194,19 +204,28 @@ class ShardWriter:
         path = self.dir / f"{stem}.{number:03d}.h5"
         tmp = path.with_name(path.name + ".tmp")
         f = h5py.File(tmp, "w", libver="latest")
-        f.attrs["fingerprint"] = json.dumps(self.fingerprint, sort_keys=True)
-        f.attrs["dims"] = json.dumps(self.dims, sort_keys=True)
-        f.attrs["shard"] = f"{self.shard[0]}/{self.shard[1]}"
-        k, p, dv, dq = len(self.dims["layers"]), self.dims["tokens"], self.dims["video_dim"], self.dims["query_dim"]
-        _appendable(f, "video_feats", (k, p, dv), FEATURE_DTYPE, rows_per_chunk=1)
-        _appendable(f, "video_times", (), np.float64, rows_per_chunk=4096)
-        _appendable(f, "video_index", (4,), np.int64, rows_per_chunk=1024)
-        _appendable(f, "video_info", (2,), np.float64, rows_per_chunk=1024)
-        _appendable(f, "video_ids", (), np.uint8, rows_per_chunk=16384)
-        _appendable(f, "query_feats", (k, dq), FEATURE_DTYPE, rows_per_chunk=16)
-        _appendable(f, "query_index", (4,), np.int64, rows_per_chunk=1024)
-        _appendable(f, "query_texts", (), np.uint8, rows_per_chunk=16384)
-        f.flush()
+        try:
+            f.attrs["fingerprint"] = json.dumps(self.fingerprint, sort_keys=True)
+            f.attrs["dims"] = json.dumps(self.dims, sort_keys=True)
+            f.attrs["shard"] = f"{self.shard[0]}/{self.shard[1]}"
+            k, p, dv, dq = len(self.dims["layers"]), self.dims["tokens"], self.dims["video_dim"], self.dims["query_dim"]
+            _appendable(f, "video_feats", (k, p, dv), FEATURE_DTYPE, rows_per_chunk=1)
+            _appendable(f, "video_times", (), np.float64, rows_per_chunk=4096)
+            _appendable(f, "video_index", (4,), np.int64, rows_per_chunk=1024)
+            _appendable(f, "video_info", (2,), np.float64, rows_per_chunk=1024)
+            _appendable(f, "video_ids", (), np.uint8, rows_per_chunk=16384)
+            _appendable(f, "query_feats", (k, dq), FEATURE_DTYPE, rows_per_chunk=16)
+            _appendable(f, "query_index", (4,), np.int64, rows_per_chunk=1024)
+            _appendable(f, "query_texts", (), np.uint8, rows_per_chunk=16384)
+            f.flush()
+        except (OSError, RuntimeError) as e:
+            try:
+                f.close()  # always attempted: an HDF5 file left open crashes the interpreter's exit
+            except (OSError, RuntimeError):
+                pass
+            tmp.unlink(missing_ok=True)
+            raise CacheWriteError(f"cannot create {path} ({' '.join(str(e).split())[:200]}): disk full or file "
+                                  f"size limit? Nothing of this shard was lost; free space and re-run") from None
         f.close()
         os.replace(tmp, path)  # the segment appears under its final name only once its structure is complete
         f = h5py.File(path, "r+", libver="latest")
@@ -219,15 +238,19 @@ class ShardWriter:
         if feats.ndim != 4 or feats.shape[1:] != (k, p, dv) or len(times) != len(feats) or len(feats) == 0:
             raise ValueError(f"video {vid!r}: features {feats.shape} / times {np.shape(times)} do not match "
                              f"(T, {k}, {p}, {dv}) with T >= 1")
-        f = self.file
-        first = _append(f["video_feats"], feats.astype(FEATURE_DTYPE, copy=False))
-        _append(f["video_times"], np.asarray(times, dtype=np.float64))
-        id_offset, id_len = _append_bytes(f["video_ids"], vid)
-        _append(f["video_info"], np.array([[duration, fps]], dtype=np.float64))
-        for name in ("video_feats", "video_times", "video_ids", "video_info"):
-            f[name].flush()
-        _append(f["video_index"], np.array([[id_offset, id_len, first, len(feats)]], dtype=np.int64))
-        f["video_index"].flush()  # the commit point
+        self._check_writable()
+        ds = self._ds
+        try:
+            first = _append(ds["video_feats"], feats.astype(FEATURE_DTYPE, copy=False))
+            _append(ds["video_times"], np.asarray(times, dtype=np.float64))
+            id_offset, id_len = _append_bytes(ds["video_ids"], vid)
+            _append(ds["video_info"], np.array([[duration, fps]], dtype=np.float64))
+            for name in ("video_feats", "video_times", "video_ids", "video_info"):
+                ds[name].flush()
+            _append(ds["video_index"], np.array([[id_offset, id_len, first, len(feats)]], dtype=np.int64))
+            ds["video_index"].flush()  # the commit point
+        except (OSError, RuntimeError) as e:  # h5py raises RuntimeError for a failed flush, OSError for a write
+            raise self._write_failed(f"video {vid!r}", e) from None
         self.videos.add(vid)
 
     def add_query(self, text: str, feats: np.ndarray):
@@ -235,14 +258,33 @@ class ShardWriter:
         k, dq = len(self.dims["layers"]), self.dims["query_dim"]
         if feats.ndim != 3 or feats.shape[1:] != (k, dq) or len(feats) == 0:
             raise ValueError(f"query {text!r}: features {feats.shape} do not match (L, {k}, {dq})")
-        f = self.file
-        first = _append(f["query_feats"], feats.astype(FEATURE_DTYPE, copy=False))
-        offset, length = _append_bytes(f["query_texts"], text)
-        f["query_feats"].flush()
-        f["query_texts"].flush()
-        _append(f["query_index"], np.array([[offset, length, first, len(feats)]], dtype=np.int64))
-        f["query_index"].flush()
+        self._check_writable()
+        ds = self._ds
+        try:
+            first = _append(ds["query_feats"], feats.astype(FEATURE_DTYPE, copy=False))
+            offset, length = _append_bytes(ds["query_texts"], text)
+            ds["query_feats"].flush()
+            ds["query_texts"].flush()
+            _append(ds["query_index"], np.array([[offset, length, first, len(feats)]], dtype=np.int64))
+            ds["query_index"].flush()  # the commit point
+        except (OSError, RuntimeError) as e:
+            raise self._write_failed(f"query {text!r}", e) from None
         self.queries.add(text)
+
+    def _check_writable(self):
+        if self._broken is not None:
+            raise CacheWriteError(f"{self.file.filename}: an earlier write failed ({self._broken}); open a new "
+                                  f"ShardWriter to resume")
+
+    def _write_failed(self, what: str, error: Exception) -> CacheWriteError:
+        reason = " ".join(str(error).split())
+        errno_text = next((m for m in ("No space left on device", "File too large", "Disk quota exceeded")
+                           if m.lower() in reason.lower()), None)
+        self._broken = errno_text or reason[:200]
+        cause = f"disk full / file size limit ({errno_text})" if errno_text else f"write error ({reason[:200]})"
+        return CacheWriteError(f"{cause} while writing {what} to {self.file.filename}: the {len(self.videos)} videos "
+                               f"and {len(self.queries)} query texts committed in this shard are intact; free space "
+                               f"and re-run the same command to resume")
 
     def failed(self, record: dict):
         """Append one failure line (video id, file, error) to the cache's failures file."""
@@ -252,7 +294,21 @@ class ShardWriter:
 
     def close(self):
         try:
-            self.file.close()
+            self._ds.clear()
+            if self._broken is None:
+                self.file.close()
+            else:
+                # The failed chunks are still in HDF5's cache and its close retries them: it fails again on a full
+                # disk. The error was reported; the segment keeps its open status flags, so it is read-only from
+                # now on (readers see its committed rows) and the next run appends a new segment.
+                try:
+                    _truncate_to_committed(self.file)  # drops the unwritten chunks from HDF5's cache
+                except (OSError, RuntimeError):
+                    pass
+                try:
+                    self.file.close()  # always attempted: an HDF5 file left open crashes the interpreter's exit
+                except (OSError, RuntimeError):
+                    pass
         finally:
             self._lock.close()
 
@@ -261,6 +317,10 @@ class ShardWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_DATASETS = ("video_feats", "video_times", "video_index", "video_info", "video_ids", "query_feats", "query_index",
+             "query_texts")
 
 
 def _acquire_lock(path: Path):
