@@ -44,6 +44,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -392,13 +394,18 @@ class SegmentIndex:
     queries: dict[str, tuple[int, int]]  # text -> (first_row, n_rows)
 
 
-def _open_read(path: Path) -> h5py.File:
-    # SWMR read mode: works while a writer appends, and on a segment whose writer was killed.
-    try:
-        return h5py.File(path, "r", swmr=True, libver="latest")
-    except OSError as e:
-        raise CacheError(f"{path}: cannot open this cache segment ({e}); delete it and re-run extraction "
-                         f"for its shard") from None
+def _open_read(path: Path, attempts: int = 20) -> h5py.File:
+    # SWMR read mode: works while a writer appends, and on a segment whose writer was killed. A writer holds an
+    # exclusive lock for the moment between reopening a segment and switching to SWMR: retry briefly.
+    for attempt in range(attempts):
+        try:
+            return h5py.File(path, "r", swmr=True, libver="latest")
+        except OSError as e:
+            if "unable to lock file" in str(e) and attempt < attempts - 1:
+                time.sleep(0.05)
+                continue
+            raise CacheError(f"{path}: cannot open this cache segment ({e}); delete it and re-run extraction "
+                             f"for its shard") from None
 
 
 def read_segment_index(path: Path) -> SegmentIndex:
@@ -520,3 +527,9 @@ class Cache:
         state = dict(self.__dict__)
         state["_handles"] = {}
         return state
+
+
+if __name__ == "__main__":  # python -m r2.cache verify|info cache/x.h5
+    from r2.verify import main
+
+    sys.exit(main())

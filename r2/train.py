@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from r2 import datasets, metrics
 from r2.cache import Cache, CacheError, fingerprint_diff
-from r2.data import GroundingDataset, Preloaded, collate, to_device
+from r2.data import GlobalBatchSampler, GroundingDataset, Preloaded, collate, to_device
 from r2.decode import DecodeConfig, decode, decode_config_for
 from r2.losses import Criterion, LossConfig, loss_config_for
 from r2.model import R2Config, R2Model, config_for
@@ -137,9 +138,23 @@ def domains(cache: Cache) -> list[str]:
     return sorted({r.get("domain") for split in cache.splits for r in cache.records(split) if r.get("domain")})
 
 
+def start_distributed(device: str) -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) join the process group: NCCL on GPUs, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        gpu = pick_device(device).type == "cuda"
+        torch.distributed.init_process_group("nccl" if gpu else "gloo")
+    return torch.distributed.get_rank(), world
+
+
 def pick_device(name: str) -> torch.device:
+    """auto: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
 
 
@@ -191,7 +206,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError for foreign or damaged files
-        raise CacheError(f"{path}: not an r2 checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        reason = " ".join(str(e).split())[:200] or "empty or truncated file"
+        raise CacheError(f"{path}: not an r2 checkpoint ({type(e).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or not {"model", "fingerprint", "dims", "model_config"} <= set(ckpt):
         raise CacheError(f"{path}: not an r2 checkpoint (missing model/fingerprint/dims/model_config)")
     return ckpt
@@ -280,10 +296,13 @@ class Trainer:
             resume = load_checkpoint(Path(cfg.resume) / "last.pt")
             check_compatible(resume, self.cache, f"{cfg.resume}/last.pt")
             saved = TrainConfig(**resume["config"])
+            # the run's own settings, except where it runs and for how long (--epochs extends a finished run)
             cfg = dataclasses.replace(saved, resume=cfg.resume, cache=cfg.cache, progress=cfg.progress,
-                                      workers=cfg.workers, preload=cfg.preload, device=cfg.device)
+                                      workers=cfg.workers, preload=cfg.preload, device=cfg.device,
+                                      epochs=cfg.epochs or saved.epochs)
         self.cfg, self.model_cfg, self.loss_cfg, self.dec_cfg = resolve(cfg, self.cache)
         cfg = self.cfg
+        self.rank, self.world = start_distributed(cfg.device)
         self.device = pick_device(cfg.device)
         self.autocast_dtype = pick_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)
@@ -294,9 +313,17 @@ class Trainer:
             raise CacheError(f"{cfg.cache}: no training sample in split {cfg.train_split!r} has features "
                              f"({self.train_set.missing} records without cached video/query); run extraction")
         self.model = R2Model(self.model_cfg).to(self.device)
+        self.ddp = None
+        if self.world > 1:  # gradients averaged across ranks; TVSum/YouTube keep an unused boundary coefficient
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=not self.model_cfg.boundary)
         self.criterion = Criterion(self.loss_cfg)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.iters_per_epoch = cfg.passes * math.ceil(len(self.train_set) / cfg.batch_size)
+        if cfg.batch_size % self.world:
+            raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must be a multiple of the "
+                             f"{self.world} processes")
+        self.iters_per_epoch = cfg.passes * len(self._sampler(0))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, it // self.iters_per_epoch, cfg))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
@@ -307,9 +334,17 @@ class Trainer:
             self._restore(resume)
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            self.out = Path(cfg.out) if cfg.out else Path("runs") / f"{Path(cfg.cache).stem}-{stamp}"
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.describe(), indent=2))
+            out = [Path(cfg.out) if cfg.out else Path("runs") / f"{Path(cfg.cache).stem}-{stamp}"]
+            if self.world > 1:
+                torch.distributed.broadcast_object_list(out, src=0)  # every rank uses rank 0's folder
+            self.out = out[0]
+            if self.rank == 0:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "config.json").write_text(json.dumps(self.describe(), indent=2))
+
+    def _sampler(self, epoch: int, part: int = 0) -> GlobalBatchSampler:
+        seed = self.cfg.seed * 1000 + epoch * 10 + part
+        return GlobalBatchSampler(len(self.train_set), self.cfg.batch_size, seed, self.rank, self.world)
 
     def _dataset(self, split: str, train: bool) -> GroundingDataset:
         ds = GroundingDataset(self.cache, split, train=train, source=self.features)
@@ -337,7 +372,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch = ckpt["epoch"]
         self.best = ckpt["best"]
-        _truncate_csv(self.out / "log.csv", self.epoch)  # rows of an epoch that ran after last.pt are redone
+        if self.rank == 0:
+            _truncate_csv(self.out / "log.csv", self.epoch)  # rows of an epoch that ran after last.pt are redone
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -358,20 +394,20 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         cfg = self.cfg
         self.model.train()
-        generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
-        loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                            num_workers=cfg.workers, generator=generator, drop_last=False,
-                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        model = self.ddp or self.model
         sums: dict[str, float] = {}
         steps = 0
-        bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False)
-        for _ in range(cfg.passes):
+        bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   disable=not cfg.progress or self.rank != 0, leave=False)
+        for part in range(cfg.passes):
+            self.train_set.seed = cfg.seed * 1000 + self.epoch * 10 + part
+            loader = DataLoader(self.train_set, batch_sampler=self._sampler(self.epoch, part), collate_fn=collate,
+                                num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
             for batch in loader:
                 batch = to_device(batch, self.device)
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
-                    outputs = self.model(batch["video"], batch["video_mask"], batch["query"], batch["query_mask"])
+                    outputs = model(batch["video"], batch["video_mask"], batch["query"], batch["query_mask"])
                 losses = self.criterion(outputs, batch)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
@@ -388,39 +424,51 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 steps += 1
                 bar.update()
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         bar.close()
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+        means = torch.tensor([sums[k] / max(steps, 1) for k in sorted(sums)], dtype=torch.float64)
+        if self.world > 1:  # the logged losses are the mean over ranks
+            torch.distributed.all_reduce(means)
+            means /= self.world
+        return dict(zip(sorted(sums), means.tolist()))
+
+    def _evaluate_and_save(self, train_losses: dict[str, float], start: float):
+        cfg = self.cfg
+        preds, scores = evaluate_split(self.model, self.eval_set, self.dec_cfg, self.device, self.autocast_dtype,
+                                       cfg.batch_size // self.world, cfg.workers)
+        row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+               **{f"train_{k}": round(v, 6) for k, v in train_losses.items()},
+               **{f"{cfg.eval_split}_{k}": v for k, v in scores.items()}, "seconds": round(time.time() - start, 2)}
+        headline = scores[self.best["metric"]]
+        improved = headline > self.best["value"]
+        if improved:
+            self.best = {"metric": self.best["metric"], "value": headline, "epoch": self.epoch}
+            self._save(self.out / "best.pt", full=False)
+            metrics.write_submission(self.out / predictions_name(self.cache.dataset, cfg.eval_split), preds)
+            (self.out / "metrics.json").write_text(json.dumps(
+                {"epoch": self.epoch, "split": cfg.eval_split, "headline": self.best["metric"], **scores}, indent=2))
+        _append_csv(self.out / "log.csv", row)
+        self._save(self.out / "last.pt", full=True)
+        tqdm.write(f"epoch {self.epoch}/{cfg.epochs} loss {train_losses['loss']:.4f} | "
+                   f"{self.best['metric']} {headline:.2f}{' (best)' if improved else ''} | {row['seconds']:.1f} s")
 
     def fit(self) -> dict:
         cfg = self.cfg
-        print(f"run folder {self.out} | {len(self.train_set)} train / {len(self.eval_set)} {cfg.eval_split} samples"
-              f" | {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters | "
-              f"{self.device} {self.autocast_dtype or 'fp32'} | best by {self.best['metric']}")
-        log_path = self.out / "log.csv"
+        if self.rank == 0:
+            print(f"run folder {self.out} | {len(self.train_set)} train / {len(self.eval_set)} {cfg.eval_split} samples"
+                  f" | {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters | "
+                  f"{self.device} {self.autocast_dtype or 'fp32'} | {self.world} process(es) | "
+                  f"best by {self.best['metric']}")
         while self.epoch < cfg.epochs:
             start = time.time()
             train_losses = self.train_epoch()
-            preds, scores = evaluate_split(self.model, self.eval_set, self.dec_cfg, self.device, self.autocast_dtype,
-                                           cfg.batch_size, cfg.workers)
             self.epoch += 1
-            row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                   **{f"train_{k}": round(v, 6) for k, v in train_losses.items()},
-                   **{f"{cfg.eval_split}_{k}": v for k, v in scores.items()}, "seconds": round(time.time() - start, 2)}
-            headline = scores[self.best["metric"]]
-            improved = headline > self.best["value"]
-            if improved:
-                self.best = {"metric": self.best["metric"], "value": headline, "epoch": self.epoch}
-                self._save(self.out / "best.pt", full=False)
-                metrics.write_submission(self.out / predictions_name(self.cache.dataset, cfg.eval_split), preds)
-                (self.out / "metrics.json").write_text(json.dumps(
-                    {"epoch": self.epoch, "split": cfg.eval_split, "headline": self.best["metric"], **scores},
-                    indent=2))
-            _append_csv(log_path, row)
-            self._save(self.out / "last.pt", full=True)
-            tqdm.write(f"epoch {self.epoch}/{cfg.epochs} loss {train_losses['loss']:.4f} | "
-                       f"{self.best['metric']} {headline:.2f}{' (best)' if improved else ''} | "
-                       f"{row['seconds']:.1f} s")
+            if self.rank == 0:  # evaluation, checkpoints and logs are rank 0's; the others wait at the barrier
+                self._evaluate_and_save(train_losses, start)
+            if self.world > 1:
+                torch.distributed.barrier()
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
         return self.best
 
 

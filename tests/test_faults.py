@@ -238,10 +238,6 @@ def _file_size_limit(limit: int):
     return apply
 
 
-@pytest.mark.xfail(strict=True, reason="r2/cache.py ShardWriter: h5py drops the error of a failed chunk write when a "
-                                       "temporary dataset handle closes, so a full disk commits index rows over "
-                                       "unwritten features; needs the ShardWriter patch (held handles, flush "
-                                       "before commit, CacheWriteError)")
 def test_disk_full_is_a_clear_error_and_the_cache_stays_intact(corpus, clean, tmp_path):
     out = tmp_path / "full.h5"
     frame_bytes = int(np.prod(Cache(clean).video("v0").shape[1:])) * 2
