@@ -67,7 +67,7 @@ def test_visual_taps_equal_blocks_run_by_clip(tiny, frames, layers):
     with torch.no_grad():
         reference, _ = block_outputs(visual.transformer.resblocks, lambda: visual(normalized(frames)))
     ran, taps = block_outputs(visual.transformer.resblocks, lambda: encode_frames(tiny, frames, layers, batch_size=2))
-    assert taps.shape == (5, len(layers), 50, 192) and taps.dtype == torch.float32
+    assert taps.shape == (5, len(layers), 17, 192) and taps.dtype == torch.float32
     for k, layer in enumerate(layers):
         torch.testing.assert_close(taps[:, k], reference[layer - 1], rtol=1e-5, atol=1e-5)
     assert len(ran) == 3 * max(layers)  # 3 batches of <= 2 frames, blocks after the deepest tap never run
@@ -108,7 +108,7 @@ def test_bf16_returns_float32_close_to_fp32(tiny, frames):
 
 
 def test_frozen_fp32_and_dims(tiny):
-    assert (tiny.vision_width, tiny.text_width, tiny.tokens, tiny.image_size) == (192, 128, 50, 224)
+    assert (tiny.vision_width, tiny.text_width, tiny.tokens, tiny.image_size) == (192, 128, 17, 224)
     assert (tiny.vision_layers, tiny.text_layers, tiny.name) == (12, 12, "tiny")
     params = list(tiny.model.parameters())
     assert all(p.dtype == torch.float32 and not p.requires_grad for p in params)

@@ -47,12 +47,12 @@ def test_demo_extraction_writes_every_video_and_query(demo_cache):
     assert cache.dataset == "demo" and sorted(cache.splits) == ["train", "val"]
     assert sorted(cache.videos) == sorted({r["vid"] for r in records})
     assert sorted(cache.texts) == sorted({r["query"] for r in records})
-    assert cache.dims == {"video_dim": 192, "query_dim": 128, "tokens": 50, "layers": [9, 10, 11, 12]}
+    assert cache.dims == {"video_dim": 192, "query_dim": 128, "tokens": 17, "layers": [9, 10, 11, 12]}
     fp = cache.fingerprint
     assert fp["clip"] == "tiny" and fp["layers"] == [9, 10, 11, 12] and fp["fps"] == 0.5 and fp["frame_size"] == 224
     for r in records:
         feats = cache.video(r["vid"])
-        assert feats.dtype == np.float16 and feats.shape[1:] == (4, 50, 192)
+        assert feats.dtype == np.float16 and feats.shape[1:] == (4, 17, 192)
         assert len(feats) == round(r["duration"] * 0.5)  # one frame per 2 s clip
         np.testing.assert_allclose(cache.times(r["vid"]), np.arange(len(feats)) * 2.0)
         q = cache.query(r["query"])
