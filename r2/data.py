@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -74,13 +75,24 @@ class GroundingDataset(Dataset):
         self.info = datasets.dataset_info(cache.dataset)
         self.source = source if source is not None else cache
         self.train = train
+        self.seed = 0  # with the index, decides the sampled positive frame: the trainer sets seed * 1000 + epoch
         self.split = split
         records = [datasets.Record.from_json(d) for d in cache.records(split)]
         usable = [r for r in records if cache.has_video(r.vid) and cache.has_query(r.query)]
         self.missing = len(records) - len(usable)
         if train:
             usable = [r for r in usable if cache.video_info(r.vid)[0] >= MIN_TRAIN_SECONDS]
-        self.records = usable
+        self.records, self.unusable = [], []
+        for r in usable:  # e.g. a truncated video kept with fewer frames than its annotated clips
+            try:
+                datasets.saliency_target(self.info, r, cache.num_frames(r.vid))
+            except ValueError as e:
+                self.unusable.append(f"{r.qid}: {e}")
+                continue
+            self.records.append(r)
+        if self.unusable:
+            warnings.warn(f"{cache.entry} split {split!r}: {len(self.unusable)} records left out, first: "
+                          f"{self.unusable[0]}")
         self.lru_videos = lru_videos
         self._lru: OrderedDict[str, torch.Tensor] = OrderedDict()
 
@@ -111,7 +123,7 @@ class GroundingDataset(Dataset):
         return Sample(
             index=index, video=video, query=query,
             windows=clean_windows(record.windows, n_frames, fps),
-            saliency=saliency, pos_frame=positive_frame(saliency, self.info.saliency), fps=fps,
+            saliency=saliency, pos_frame=positive_frame(saliency, self.info.saliency, self.seed * 100_003 + index), fps=fps,
             duration=record.duration,
         )
 
@@ -119,9 +131,10 @@ class GroundingDataset(Dataset):
         return sorted({r.vid for r in self.records}), sorted({r.query for r in self.records})
 
 
-def positive_frame(saliency: torch.Tensor, kind: str) -> int:
+def positive_frame(saliency: torch.Tensor, kind: str, seed: int) -> int:
     """SPEC §4: one frame drawn uniformly among the positives (saliency > 0; TVSum above the median; YouTube >
-    0.5). A sample without any positive frame uses its most salient frame."""
+    0.5). A sample without any positive frame uses its most salient frame. The draw depends on `seed` alone (not
+    on a process's RNG), so workers, ranks and resumed runs all draw the same frame for the same sample."""
     if kind == "tvsum":
         positive = saliency > saliency.median()
     elif kind == "youtube":
@@ -131,7 +144,36 @@ def positive_frame(saliency: torch.Tensor, kind: str) -> int:
     candidates = positive.nonzero().flatten()
     if len(candidates) == 0:
         return int(saliency.argmax())
-    return int(candidates[torch.randint(len(candidates), ())])
+    generator = torch.Generator().manual_seed(seed)
+    return int(candidates[torch.randint(len(candidates), (), generator=generator)])
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Shuffled global batches of `batch_size`, each split across `world` ranks; this rank yields its part.
+
+    Every rank draws the same permutation (from `seed`), so one process with batch B and N processes with B / N
+    each see the same global batches. A last global batch smaller than the number of ranks is dropped when
+    world > 1 (a rank without samples would stall the others)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+
+    def _batches(self) -> list[list[int]]:
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        out = []
+        for start in range(0, self.n, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            if len(batch) < self.world:
+                continue
+            per_rank = [batch[i::self.world] for i in range(self.world)]  # as even as possible
+            out.append(per_rank[self.rank])
+        return out
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 def collate(samples: list[Sample]) -> dict:

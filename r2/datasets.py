@@ -394,7 +394,7 @@ def saliency_target(info_or_name: DatasetInfo | str, record: Record, n_frames: i
     as the reference allows) are cut or zero-padded; a larger gap or any YouTube mismatch raises, naming the video."""
     info = dataset_info(info_or_name) if isinstance(info_or_name, str) else info_or_name
     kind = info.saliency
-    if kind == "windows":
+    if kind == "windows" or (kind == "qvhighlights" and record.clip_scores is None):  # custom sets may lack scores
         w = clean_windows(record.windows, n_frames, record.fps)  # (N, 2) frames
         target = np.zeros(n_frames, dtype=np.float32)
         for s, e in w.tolist():
