@@ -47,7 +47,8 @@ def main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     best = trainer.fit()
-    print(f"best {best['metric']} = {best['value']:.2f} at epoch {best['epoch']} | run folder {trainer.out}")
+    if trainer.rank == 0:
+        print(f"best {best['metric']} = {best['value']:.2f} at epoch {best['epoch']} | run folder {trainer.out}")
     return 0
 
 
