@@ -33,6 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="cache entry file (default: cache/<dataset>.h5)")
     p.add_argument("--shard", default="0/1", help="I/N: extract the I-th of N disjoint parts (one per process)")
     p.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward")
+    p.add_argument("--device", default="auto", help="where CLIP runs: auto (a GPU if present), cpu, cuda, cuda:N")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for CLIP (faster on CPU)")
     p.add_argument("--demo-videos", type=int, default=300, help="number of generated demo videos")
     p.add_argument("--no-progress", action="store_true")
@@ -44,8 +45,8 @@ def main(args) -> int:
         cfg = ExtractConfig(
             dataset=args.dataset, out=args.out or Path("cache") / f"{args.dataset}.h5", clip=args.clip,
             layers=args.layers, videos=args.videos, annotations=args.annotations, data_root=args.data_root,
-            fps=args.fps, shard=cache.parse_shard(args.shard), batch_size=args.batch_size, bf16=args.bf16,
-            demo_videos=args.demo_videos, progress=not args.no_progress,
+            fps=args.fps, shard=cache.parse_shard(args.shard), batch_size=args.batch_size, device=args.device,
+            bf16=args.bf16,            demo_videos=args.demo_videos, progress=not args.no_progress,
         )
         summary = extract(cfg)
     except (clip.ClipLoadError, cache.CacheError, ValueError, FileNotFoundError) as e:

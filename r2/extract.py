@@ -28,6 +28,7 @@ class ExtractConfig:
     fps: float | None = None  # custom dataset sampling rate (default 0.5 = one frame per 2 s clip)
     shard: tuple[int, int] = (0, 1)  # (i, n): this process extracts the i-th of n disjoint parts
     batch_size: int = 64  # frames per CLIP forward
+    device: str = "auto"  # where CLIP runs: auto (a GPU when there is one), cpu, cuda, cuda:N
     bf16: bool = False  # run CLIP under bfloat16 autocast (about 2x faster on CPU; changes the fingerprint)
     demo_videos: int = 300  # size of the generated demo dataset
     progress: bool = True
@@ -112,7 +113,8 @@ def shard_items(items, shard: tuple[int, int]) -> list[str]:
 def extract(cfg: ExtractConfig) -> Summary:
     """Extract this shard's videos and query texts into the cache; safe to re-run (finished work is skipped)."""
     start = time.time()
-    model = clip.load_clip(cfg.clip)  # first: a missing checkpoint fails before any other work
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    model = clip.load_clip(cfg.clip, device)  # first: a missing checkpoint fails before any other work
     layers = clip.parse_layers(cfg.layers, model.vision_layers)
     splits = load_annotations(cfg)
     records = [r for rs in splits.values() for r in rs]
@@ -149,7 +151,7 @@ def _extract_shard(cfg: ExtractConfig, model: clip.Clip, layers: list[int], fp: 
         for chunk in range(0, len(todo_texts), 1024):
             batch = todo_texts[chunk:chunk + 1024]
             for text, feats in zip(batch, clip.encode_texts(model, batch, layers, bf16=cfg.bf16)):
-                writer.add_query(text, feats.numpy())
+                writer.add_query(text, feats.cpu().numpy())
                 summary.bytes += feats.numel() * 2
         summary.queries = len(todo_texts)
 
@@ -165,7 +167,7 @@ def _extract_shard(cfg: ExtractConfig, model: clip.Clip, layers: list[int], fp: 
                 if isinstance(result, BaseException):
                     raise result
                 feats = clip.encode_frames(model, result.frames, layers, batch_size=cfg.batch_size, bf16=cfg.bf16)
-                feats = feats.to(torch.float16).numpy()  # (T, K, P+1, Dv)
+                feats = feats.to(torch.float16).cpu().numpy()  # (T, K, P+1, Dv)
                 writer.add_video(vid, feats, result.times, result.duration, result.fps)
             except (video.VideoDecodeError, FileNotFoundError, ValueError) as e:
                 summary.failed += 1
