@@ -46,7 +46,7 @@ def main(args) -> int:
             dataset=args.dataset, out=args.out or Path("cache") / f"{args.dataset}.h5", clip=args.clip,
             layers=args.layers, videos=args.videos, annotations=args.annotations, data_root=args.data_root,
             fps=args.fps, shard=cache.parse_shard(args.shard), batch_size=args.batch_size, device=args.device,
-            bf16=args.bf16,            demo_videos=args.demo_videos, progress=not args.no_progress,
+            bf16=args.bf16, demo_videos=args.demo_videos, progress=not args.no_progress,
         )
         summary = extract(cfg)
     except (clip.ClipLoadError, cache.CacheError, ValueError, FileNotFoundError) as e:
