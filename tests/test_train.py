@@ -43,7 +43,7 @@ def test_run_folder_holds_everything(run3, demo):
     names = {p.name for p in run3.iterdir()}
     assert {"config.json", "log.csv", "last.pt", "best.pt", "metrics.json", "val_preds.jsonl"} <= names
     config = json.loads((run3 / "config.json").read_text())
-    assert config["dataset"] == "demo" and config["epochs"] == 3 and config["lr"] == 5e-4  # resolved defaults
+    assert config["dataset"] == "demo" and config["epochs"] == 3 and config["lr"] == 1e-3  # resolved defaults
     assert config["model_config"]["hidden"] == 64 and config["fingerprint"] == Cache(demo).fingerprint
     rows = log_rows(run3)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
