@@ -89,7 +89,8 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on capable GPUs, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    workers: int = 2  # DataLoader worker processes (each opens the cache itself)
+    workers: int | None = None  # DataLoader worker processes (each opens the cache itself); None: 0 on a CPU (the
+    # reads are cheap next to the model, and workers would compete with torch's threads), 4 on a GPU
     preload: bool = False  # read the whole split's features into memory first (on the GPU when training there)
     progress: bool = True
     resume: str | None = None  # a run folder: continue from its last.pt
@@ -305,6 +306,8 @@ class Trainer:
         cfg = self.cfg
         self.rank, self.world = start_distributed(cfg.device)
         self.device = pick_device(cfg.device)
+        if cfg.workers is None:
+            cfg.workers = 4 if self.device.type == "cuda" else 0
         self.autocast_dtype = pick_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)
 
