@@ -279,7 +279,8 @@ def _read_jsonl(path: Path, fps: float, check_quirks: bool) -> list[Record]:
 
 
 # ---------------------------------------------------------------------------------------------------- YouTube / TVSum
-def _read_json_videos(path: Path) -> dict:
+def read_json_videos(path: Path) -> dict:
+    """A {video_id: {...}} JSON file (the UMT YouTube / TVSum schema, or a prediction file); clear errors."""
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} not found: check the data root (R2_DATA) or --annotations")
     try:
@@ -310,7 +311,7 @@ def _video_entry(anno: dict, vid: str, keys: tuple[str, ...], path: Path) -> dic
 
 
 def _load_youtube(path: Path, split: str, domain: str | None) -> list[Record]:
-    anno = _read_json_videos(path)
+    anno = read_json_videos(path)
     records = []
     for dom, vid in _split_vids(dataset_info("youtube"), YOUTUBE_SPLITS, anno, split, domain):
         e = _video_entry(anno, vid, ("fps", "frames", "domain", "info", "clip", "match"), path)
@@ -327,7 +328,7 @@ def _load_youtube(path: Path, split: str, domain: str | None) -> list[Record]:
 
 
 def _load_tvsum(path: Path, split: str, domain: str | None) -> list[Record]:
-    anno = _read_json_videos(path)
+    anno = read_json_videos(path)
     records = []
     for dom, vid in _split_vids(dataset_info("tvsum"), TVSUM_SPLITS, anno, split, domain):
         e = _video_entry(anno, vid, ("fps", "frames", "domain", "title", "anno"), path)

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..datasets import DATASETS, TVSUM_SPLITS, YOUTUBE_SPLITS
+from ..datasets import DATASETS, TVSUM_SPLITS, YOUTUBE_SPLITS, read_json_videos
 from . import check_saliency_predictions, evaluate, eval_tvsum, eval_youtube, read_jsonl
 
 
@@ -26,19 +26,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object {{video_id: ...}}")
-    return data
-
-
 def _domain_metrics(args) -> dict:
-    anno, pred = _load_json(args.gt), _load_json(args.pred)
+    anno, pred = read_json_videos(args.gt), read_json_videos(args.pred)
     column = "match" if args.dataset == "youtube" else "anno"
     check_saliency_predictions(pred, anno, args.dataset, column)
     splits = YOUTUBE_SPLITS if args.dataset == "youtube" else TVSUM_SPLITS
