@@ -1,0 +1,130 @@
+"""The benchmark scripts run end to end (--quick) and print their one table: every expected row, positive numbers
+where a number cannot be anything else. No timing assertions: the full runs are for the README."""
+import contextlib
+import importlib.util
+import io
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_quick(name: str, work: Path, *flags: str) -> str:
+    """stdout of `python bench/<name>.py --quick --work WORK FLAGS`, run in this process through its main()."""
+    bench = load_script(name)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(work), *flags]))
+    return out.getvalue()
+
+
+def printed_rows(text: str) -> dict[str, tuple[float, str]]:
+    """measure -> (value, unit) from the printed markdown table; checks its header and that every row has 4 cells."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert lines[0] == "| measure | value | unit | note |" and lines[1] == "|---|---|---|---|"
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        assert len(cells) == 4, line
+        rows[cells[0]] = (float(cells[1]), cells[2])
+    return rows
+
+
+def check_numbers(rows: dict[str, tuple[float, str]], may_be_negative: set[str]):
+    for measure, (value, _) in rows.items():
+        assert math.isfinite(value), measure
+        if measure not in may_be_negative:
+            assert value > 0, measure
+
+
+@pytest.fixture(scope="module")
+def extract_output(tmp_path_factory) -> str:
+    return run_quick("extract", tmp_path_factory.mktemp("bench") / "extract")
+
+
+@pytest.fixture(scope="module")
+def train_output(tmp_path_factory) -> str:
+    return run_quick("train", tmp_path_factory.mktemp("bench") / "train")
+
+
+def test_extract_bench_prints_one_table_with_every_row(extract_output):
+    assert re.search(r"^### bench/extract.py --quick on .+, \d+ cores, .+load average", extract_output, re.M)
+    assert extract_output.count("### ") == 1
+    rows = printed_rows(extract_output)
+    assert {m: unit for m, (_, unit) in rows.items()} == {
+        "decode @ 0.5 fps": "frames/s", "decode @ 0.5 fps, speed": "x realtime",
+        "decode @ 0.5 fps, ffmpeg CPU": "CPU ms/frame", "decode @ 2 fps": "frames/s",
+        "decode @ 2 fps, speed": "x realtime", "decode @ 2 fps, ffmpeg CPU": "CPU ms/frame",
+        "encoder fp32": "frames/s", "encoder fp32, CPU": "CPU ms/frame", "encoder bf16 autocast": "frames/s",
+        "encoder bf16 / fp32": "ratio", "CLIP load + checksum": "s", "end to end, whole run": "frames/s",
+        "end to end, marginal": "frames/s", "end to end / encoder fp32": "ratio",
+        "end to end, extractor CPU": "CPU ms/frame", "end to end, ffmpeg CPU": "CPU ms/frame",
+        "CPU-bound ceiling of end to end / encoder": "ratio", "cache bytes/frame, video_feats": "x raw",
+        "cache bytes/frame, all files": "x raw", "cache write": "MB/s",
+    }
+    # the marginal rows are differences of two extraction runs: at --quick sizes on a busy machine, noise
+    check_numbers(rows, {"end to end, marginal", "end to end / encoder fp32", "end to end, extractor CPU",
+                         "end to end, ffmpeg CPU", "CPU-bound ceiling of end to end / encoder"})
+    # a 10 s video gives 5 frames at 0.5 fps, 20 at 2 fps
+    assert "10 s: 5 frames" in extract_output and "10 s: 20 frames" in extract_output
+    # the feature dataset holds exactly the raw fp16 bytes (uncompressed, one frame per chunk); the files more
+    assert rows["cache bytes/frame, video_feats"][0] == pytest.approx(1.0)
+    assert rows["cache bytes/frame, all files"][0] > 1.0
+
+
+def test_train_bench_prints_one_table_with_every_row(train_output):
+    assert re.search(r"^### bench/train.py --quick on .+, \d+ cores, .+load average", train_output, re.M)
+    assert train_output.count("### ") == 1
+    rows = printed_rows(train_output)
+    expected = {"synthetic cache read once (page cache warm)": "MB/s"}
+    for name in ("(a) stream", "(b) preload", "(d) CLIP in the loop"):
+        expected |= {f"{name}: steps/s": "steps/s", f"{name}: samples/s": "samples/s"}
+    expected |= {"(c) = (a) / (b)": "ratio", "(b) / (d) speed-up of cached features": "x"}
+    for name in ("(a) stream", "(b) preload"):  # no worker rows: on a CPU the loader runs in-process, as in fit.py
+        expected |= {f"{name}: peak RSS, main process": "MB"}
+    expected |= {"sweep: seconds per trial": "s/trial", "separate train/fit.py: seconds per trial": "s/trial",
+                 "sweep speed-up per trial": "x"}
+    assert {m: unit for m, (_, unit) in rows.items()} == expected  # no GPU rows without a GPU
+    check_numbers(rows, set())
+    for name in ("(a) stream", "(b) preload", "(d) CLIP in the loop"):  # samples/s = batch (4) x steps/s
+        assert rows[f"{name}: samples/s"][0] == pytest.approx(4 * rows[f"{name}: steps/s"][0], rel=1e-3)
+    assert rows["(c) = (a) / (b)"][0] == pytest.approx(
+        rows["(a) stream: samples/s"][0] / rows["(b) preload: samples/s"][0], rel=1e-2)
+
+
+def test_train_bench_qvhighlights_records_load(tmp_path):
+    """The synthetic cache is a valid qvhighlights cache: every record loads, with 12-20 query tokens."""
+    from r2 import clip
+    from r2.cache import Cache
+    from r2.data import GroundingDataset
+
+    bench = load_script("train")
+    entry = tmp_path / "b.h5"
+    bench.write_cache(entry, bench.arch_dims(clip.TINY_ARCH), n_videos=3, n_frames=5, queries_per_video=2)
+    cache = Cache(entry)
+    dataset = GroundingDataset(cache, "train", train=True)
+    assert cache.dataset == "qvhighlights" and len(dataset) == 6 and dataset.missing == 0
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        assert sample.video.shape == (4, 5, cache.dims["tokens"], 192)  # (K, T, P+1, Dv)
+        assert 12 <= sample.query.shape[1] <= 20 and sample.saliency.max() > 0
+        record = cache.records("train")[i]
+        assert record["duration"] == 10 and record["relevant_windows"] and record["saliency_scores"]
+
+
+def test_non_empty_work_folder_is_refused(tmp_path):
+    (tmp_path / "left-over.h5").write_text("")
+    for name in ("extract", "train"):
+        bench = load_script(name)
+        with pytest.raises(SystemExit, match="not empty"):
+            bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path)]))
