@@ -112,7 +112,7 @@ def test_not_a_cache(tmp_path):
 
 
 WRITER = textwrap.dedent("""
-    import sys, numpy as np
+    import sys, time, numpy as np
     sys.path.insert(0, {repo!r})
     from r2.cache import ShardWriter
     from tests.test_cache import FP, DIMS, video_feats
@@ -123,6 +123,7 @@ WRITER = textwrap.dedent("""
                 w.add_video(vid, video_feats(i, 5 + i % 7), np.arange(5 + i % 7) * 2.0, 10.0, 0.5)
             if f"query {{i}}" not in w.queries:
                 w.add_query(f"query {{i}}", np.full((3 + i % 4, 2, 4), i % 100, dtype=np.float16))
+            time.sleep(float(sys.argv[1]))  # slow the first runs down so that every kill lands mid-way
 """)
 
 
@@ -135,14 +136,18 @@ def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path):
     rng = np.random.default_rng(0)
     seen_counts = []
     for attempt in range(4):
-        proc = subprocess.Popen([sys.executable, str(script)], cwd=repo)
-        time.sleep(float(rng.uniform(1.0, 2.5)))
+        proc = subprocess.Popen([sys.executable, str(script), "0.004"], cwd=repo)
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(parts_dir(entry).glob("*.h5")):  # wait until it writes
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.05, 0.4)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         cache = Cache(entry)  # readable after every kill
         seen_counts.append(len(cache.videos))
         assert not cache.duplicates
-    subprocess.run([sys.executable, str(script)], cwd=repo, check=True, timeout=120)
+    assert seen_counts == sorted(seen_counts) and seen_counts[-1] < 400  # never lost; every kill was mid-way
+    subprocess.run([sys.executable, str(script), "0"], cwd=repo, check=True, timeout=120)
     cache = Cache(entry)
     assert sorted(cache.videos) == [f"v{i:03d}" for i in range(400)]
     assert not cache.duplicates
@@ -150,5 +155,4 @@ def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path):
         np.testing.assert_array_equal(cache.video(f"v{i:03d}"), video_feats(i, 5 + i % 7))
         q = cache.query(f"query {i}")
         assert q.shape == (3 + i % 4, 2, 4) and np.all(q == i % 100)
-    assert seen_counts == sorted(seen_counts)  # committed work is never lost between kills
     assert len(list(parts_dir(entry).glob("*.h5"))) >= 2  # killed segments are left as they are, read-only
