@@ -72,7 +72,7 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(run3, demo, tmp_
 
 def test_trained_model_beats_untrained(demo, tmp_path):
     """A small config memorises the tiny training split: far better than the same model untrained."""
-    cfg = TrainConfig(cache=str(demo), epochs=20, lr=2e-3, warmup_iters=10, dropout=0.0, droppath=0.0,
+    cfg = TrainConfig(cache=str(demo), epochs=20, lr=2e-3, warmup_iters=10, lr_drop=-1, dropout=0.0, droppath=0.0,
                       eval_split="train", out=str(tmp_path / "learn"), **SMALL)
     trainer = Trainer(cfg)
     dataset = GroundingDataset(trainer.cache, "train", train=False)
