@@ -8,7 +8,7 @@ What is measured:
   decode        `r2.video.decode` of a generated H.264 video at --fps and at --fps-high: sampled frames per wall
                 second, source seconds per wall second, ffmpeg CPU seconds per sampled frame.
   encoder       `r2.clip.encode_frames` on one video's worth of random frames (fp32, and bf16 autocast on fewer
-                frames), the frames already in memory: frames/s and CPU seconds per frame.
+                frames), the frames already in memory, after one untimed pass: frames/s and CPU seconds per frame.
   end to end    `r2.extract.extract` on a custom dataset of --videos copies of the generated video. The marginal rate
                 (run on N videos minus run on 1 video) cancels the one-off costs (CLIP load and checksum, the first
                 video's decode before the pipeline fills, text encoding); the whole-run rate is printed too.
@@ -60,6 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                    "without bf16 matrix units)")
     p.add_argument("--write-videos", type=int, help="videos written in the cache write test (default 40)")
     p.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward (extract.py's default)")
+    p.add_argument("--device", default="auto", help="where CLIP runs, encoder and end to end alike: auto (a GPU "
+                                                    "when there is one), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core; --quick: 1, which "
                                                "stays fast on a loaded machine)")
     return p
@@ -118,7 +120,7 @@ def bench_encoder(model: clip.Clip, n_frames: int, batch_size: int, bf16: bool) 
     side = model.image_size
     frames = np.random.default_rng(0).integers(0, 256, (n_frames, side, side, 3), dtype=np.uint8)  # (T, S, S, 3)
     with torch.inference_mode():
-        clip.encode_frames(model, frames[:1], layers, batch_size, bf16)  # warm-up: first-call allocations
+        clip.encode_frames(model, frames, layers, batch_size, bf16)  # warm-up: first use of each batch shape
         cpu0, start = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()
         clip.encode_frames(model, frames, layers, batch_size, bf16)
         wall = time.perf_counter() - start
@@ -141,10 +143,12 @@ def write_dataset(folder: Path, source: Path, n_videos: int, seconds: float) -> 
     return annotations
 
 
-def run_extract(out: Path, spec: str, folder: Path, annotations: Path, fps: float, batch_size: int) -> dict:
+def run_extract(out: Path, spec: str, device: str, folder: Path, annotations: Path, fps: float,
+                batch_size: int) -> dict:
     cpu_self0, cpu_child0 = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
     summary = extract(ExtractConfig(dataset="custom", out=out, clip=spec, layers=LAYERS, videos=folder / "videos",
-                                    annotations=[annotations], fps=fps, batch_size=batch_size, progress=False))
+                                    annotations=[annotations], fps=fps, batch_size=batch_size, device=device,
+                                    progress=False))
     if summary.failed or not summary.done:
         raise RuntimeError(f"benchmark extraction into {out} failed: {summary.line()}; see "
                            f"{cache.parts_dir(out) / 'failures.jsonl'}")
@@ -175,8 +179,8 @@ def bench_write(entry: Path, dims: dict, n_videos: int, frames_per_video: int) -
 def measure(args, work: Path) -> list[dict]:
     rows: list[dict] = []
 
-    def row(measure: str, value: float, unit: str, note: str = ""):
-        rows.append({"measure": measure, "value": float(value), "unit": unit, "note": note})
+    def row(name: str, value: float, unit: str, note: str = ""):
+        rows.append({"measure": name, "value": float(value), "unit": unit, "note": note})
 
     source = make_video(work / "source.mp4", args.seconds, args.size, args.rate)
     for fps in (args.fps, args.fps_high):
@@ -187,24 +191,27 @@ def measure(args, work: Path) -> list[dict]:
         row(f"decode @ {fps:g} fps, ffmpeg CPU", d["cpu_per_frame"] * 1e3, "CPU ms/frame", "all ffmpeg threads")
 
     spec = args.clip or ("tiny" if args.quick else str(clip.write_vit_b32_checkpoint(work / "ViT-B-32-random.pt")))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     start = time.perf_counter()
-    model = clip.load_clip(spec)
+    model = clip.load_clip(spec, device)
     load_s = time.perf_counter() - start
     name = "tiny CLIP" if spec == "tiny" else f"CLIP {Path(spec).name}"
     frames_per_video = int(np.floor(args.seconds * args.fps + 0.5))
     enc = bench_encoder(model, frames_per_video, args.batch_size, bf16=False)
-    row("encoder fp32", enc["frames_per_s"], "frames/s", f"{name}, taps {LAYERS}, {frames_per_video} frames")
+    row("encoder fp32", enc["frames_per_s"], "frames/s",
+        f"{name} on {device}, taps {LAYERS}, {frames_per_video} frames")
     row("encoder fp32, CPU", enc["cpu_per_frame"] * 1e3, "CPU ms/frame", "all torch threads")
     enc_bf16 = bench_encoder(model, args.bf16_frames, args.batch_size, bf16=True)
     row("encoder bf16 autocast", enc_bf16["frames_per_s"], "frames/s", f"{args.bf16_frames} frames")
-    row("encoder bf16 / fp32", enc_bf16["frames_per_s"] / enc["frames_per_s"], "ratio", "< 1: bf16 is slower here")
+    bf16_ratio = enc_bf16["frames_per_s"] / enc["frames_per_s"]
+    row("encoder bf16 / fp32", bf16_ratio, "ratio", f"bf16 autocast is {'faster' if bf16_ratio > 1 else 'slower'} here")
     row("CLIP load + checksum", load_s, "s", "paid once per extract run")
     del model
 
     annotations_1 = write_dataset(work / "one", source, 1, args.seconds)
     annotations_n = write_dataset(work / "many", source, args.videos, args.seconds)
-    one = run_extract(work / "one.h5", spec, work / "one", annotations_1, args.fps, args.batch_size)
-    many = run_extract(work / "many.h5", spec, work / "many", annotations_n, args.fps, args.batch_size)
+    one = run_extract(work / "one.h5", spec, device, work / "one", annotations_1, args.fps, args.batch_size)
+    many = run_extract(work / "many.h5", spec, device, work / "many", annotations_n, args.fps, args.batch_size)
     frames = many["frames"] - one["frames"]
     marginal = frames / (many["seconds"] - one["seconds"])
     row("end to end, whole run", many["frames"] / many["seconds"], "frames/s",

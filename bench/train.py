@@ -276,7 +276,8 @@ def run_mode(args) -> dict:
     gc.collect()
     return {
         "steps_per_s": steps / seconds, "samples_per_s": steps * args.batch_size / seconds,
-        "encoded_videos": n_encode, "workers": workers, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "encoded_videos": n_encode, "workers": workers,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     }
