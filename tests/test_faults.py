@@ -189,17 +189,18 @@ def test_extraction_killed_at_random_points_then_resumed(corpus, clean, tmp_path
         proc = start(extract_cmd(corpus, out), stdout=subprocess.DEVNULL)
         try:
             wait_for_lock(out, "0/1", proc)
-            target = min(committed_videos(out) + int(rng.integers(0, 3)), 6)  # always >= 2 videos left
+            target = min(committed_videos(out) + int(rng.integers(0, 3)), 5)  # always >= 3 videos left
             while committed_videos(out) < target and proc.poll() is None:
-                time.sleep(0.02)
-            time.sleep(float(rng.uniform(0, 0.15)))
+                time.sleep(0.01)
+            time.sleep(float(rng.uniform(0, 0.03)))
             assert proc.poll() is None, "the extractor finished before the kill: the test did not test a kill"
         finally:
             proc.kill()
             proc.wait()
         report = verify(out)
-        assert report.exit_code == 1 and not report.errors, report.lines()  # valid, incomplete
+        assert report.exit_code in (0, 1) and not report.errors, report.lines()  # valid (complete if killed on exit)
         counts.append(report.videos)
+    assert min(counts) < 8  # at least one kill landed mid-extraction
     done = run(extract_cmd(corpus, out))
     assert done.returncode == 0, done.stderr
     assert counts == sorted(counts)  # committed work survives every kill
