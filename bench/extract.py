@@ -35,7 +35,9 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import fill_defaults, machine  # noqa: E402
 from r2 import cache, clip, video  # noqa: E402
 from r2.extract import ExtractConfig, extract  # noqa: E402
 from r2.sweep import to_markdown  # noqa: E402
@@ -72,24 +74,7 @@ def resolve(args) -> argparse.Namespace:
     full = {"seconds": 150.0, "size": "400x224", "rate": 30, "videos": 4, "bf16_frames": 16, "write_videos": 40}
     quick = {"seconds": 10.0, "size": "160x90", "rate": 5, "videos": 3, "bf16_frames": 2, "write_videos": 2,
              "threads": 1}
-    args = argparse.Namespace(**vars(args))
-    for key, value in (quick if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
-
-
-def machine() -> str:
-    """CPU model, usable cores, torch threads and the load average (1, 5, 15 min) now."""
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("model name")), model)
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{model}, {len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} torch threads{gpu}, "
-            f"load average {load}")
+    return fill_defaults(args, full, quick)
 
 
 def cpu_seconds(who: int) -> float:

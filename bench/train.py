@@ -39,7 +39,9 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import fill_defaults, machine  # noqa: E402
 from r2 import clip  # noqa: E402
 from r2.cache import Cache, ShardWriter, write_entry  # noqa: E402
 from r2.data import GroundingDataset, Preloaded, collate, to_device  # noqa: E402
@@ -92,27 +94,7 @@ def resolve(args) -> argparse.Namespace:
     full = {"videos": 96, "frames": 75, "batch_size": 32, "steps": 2, "clip_steps": 1, "sweep_demo_videos": 24}
     quick = {"videos": 8, "frames": 4, "batch_size": 4, "steps": 2, "clip_steps": 1, "sweep_demo_videos": 5,
              "threads": 1}
-    args = argparse.Namespace(**vars(args))
-    for key, value in (quick if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
-
-
-def machine() -> str:
-    """CPU model, usable cores, torch threads, GPU and the load average (1, 5, 15 min) now."""
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("model name")), model)
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{model}, {len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} torch threads{gpu}, "
-            f"load average {load}")
-
-
-# ----------------------------------------------------------------------------------------- synthetic cache
+    return fill_defaults(args, full, quick)
 
 
 def arch_dims(arch: clip.ClipArch) -> dict:

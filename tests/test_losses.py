@@ -7,22 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from r2.losses import Criterion, LossConfig, focal_loss, info_nce_loss, loss_config_for, sampled_nce_loss
+from tests.test_targets import layout
 
 TAU = 0.07
-
-
-def layout(t: int, n_frames: list[int], strides=(1, 2, 4, 8)):
-    points, point_strides, position = [], [], []
-    for s in strides:
-        for p in range(t // s):
-            points.append(p * s)
-            point_strides.append(s)
-            position.append(p)
-    points = torch.tensor(points, dtype=torch.float32)
-    point_strides = torch.tensor(point_strides, dtype=torch.float32)
-    position = torch.tensor(position, dtype=torch.float32)
-    mask = torch.stack([(position + 1) * point_strides <= n for n in n_frames])  # (B, N)
-    return points, point_strides, mask
 
 
 def make_outputs(n_frames, t, k=2, c=4, strides=(1, 2), boundary=True, seed=0):
