@@ -84,14 +84,21 @@ def _windows_one(logits: torch.Tensor, boundaries: torch.Tensor, points: torch.T
     end = (points + boundaries[:, 1] * strides) / fps  # (M,)
     order = torch.argsort(score, descending=True, stable=True)[:cfg.top_k]
     windows = torch.stack((start, end, score), dim=1)[order]  # (k, 3)
-    before_end = windows[:, 1] < duration  # (k,) windows that do not reach the video end get rounded
+    return finish_windows(windows, duration, cfg).tolist()
+
+
+def finish_windows(windows: torch.Tensor, duration: float, cfg: DecodeConfig) -> torch.Tensor:
+    """SPEC §6 on (M, 3) [start, end, score] windows in seconds: clamp to [0, duration], round to `unit` unless the
+    window reaches the duration, NMS; returned sorted by score (stable). Shared by decode and r2.predict's merge."""
+    windows = windows.clone()
+    before_end = windows[:, 1] < duration  # (M,) windows that do not reach the video end get rounded
     windows[:, :2] = windows[:, :2].clamp(min=0, max=duration)
     if cfg.unit is not None:
-        rounded = torch.round(windows[:, :2] / cfg.unit) * cfg.unit  # (k, 2)
+        rounded = torch.round(windows[:, :2] / cfg.unit) * cfg.unit  # (M, 2)
         windows[:, :2] = torch.where(before_end[:, None], rounded, windows[:, :2])
     if cfg.nms is not None:
-        windows = nms(windows, cfg.nms, cfg.nms_iou)
-    return windows.tolist()
+        return nms(windows, cfg.nms, cfg.nms_iou)
+    return windows[torch.argsort(windows[:, 2], descending=True, stable=True)]
 
 
 def decode(outputs: dict, batch: dict, cfg: DecodeConfig) -> list[dict]:

@@ -43,7 +43,7 @@ import torch
 
 from r2 import clip, video
 from r2.cache import CacheError
-from r2.decode import DecodeConfig, decode, nms
+from r2.decode import DecodeConfig, decode, finish_windows
 from r2.model import R2Model
 from r2.train import TrainConfig, build_model, load_checkpoint, pick_device, pick_precision
 from r2.train import decode_config as train_decode_config
@@ -137,15 +137,7 @@ def merge_moments(windows: Sequence[Sequence[float]], duration: float, cfg: Deco
     if len(windows) == 0:
         return []
     merged = torch.tensor([list(w) for w in windows], dtype=torch.float32)  # (M, 3)
-    before_end = merged[:, 1] < duration  # (M,)
-    merged[:, :2] = merged[:, :2].clamp(min=0, max=duration)
-    if cfg.unit is not None:
-        rounded = torch.round(merged[:, :2] / cfg.unit) * cfg.unit  # (M, 2)
-        merged[:, :2] = torch.where(before_end[:, None], rounded, merged[:, :2])
-    if cfg.nms is not None:
-        merged = nms(merged, cfg.nms, cfg.nms_iou)
-    else:
-        merged = merged[torch.argsort(merged[:, 2], descending=True, stable=True)]
+    merged = finish_windows(merged, duration, cfg)
     return merged[:cfg.top_k].tolist()
 
 
