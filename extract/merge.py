@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r2 import cache, datasets  # noqa: E402
+from r2 import datasets  # noqa: E402
+from r2.errors import R2Error  # noqa: E402
 from r2.extract import DEMO_DIR, ExtractConfig, load_annotations  # noqa: E402
 from r2.verify import merge  # noqa: E402
 
@@ -44,7 +45,7 @@ def main(args) -> int:
                                 data_root=args.data_root, fps=args.fps, progress=False)
             annotations = load_annotations(cfg)
         report = merge(args.out, args.dataset, annotations, values=not args.no_values)
-    except (cache.CacheError, ValueError, FileNotFoundError) as e:
+    except (R2Error, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n".join(report.lines()))

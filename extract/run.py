@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r2 import cache, clip, datasets  # noqa: E402
+from r2 import cache, datasets  # noqa: E402
+from r2.errors import R2Error  # noqa: E402
 from r2.extract import ExtractConfig, extract  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main(args) -> int:
             bf16=args.bf16, demo_videos=args.demo_videos, progress=not args.no_progress,
         )
         summary = extract(cfg)
-    except (clip.ClipLoadError, cache.CacheError, ValueError, FileNotFoundError) as e:
+    except (R2Error, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{cfg.out}: {summary.line()}")

@@ -3,7 +3,8 @@
 `r2.Predictor(checkpoint).predict(video, queries)` runs a trained checkpoint on any video file (see r2.predict).
 Submodules are imported on first use, so `import r2` stays cheap.
 """
-__all__ = ["Predictor"]
+__version__ = "0.2.0"
+__all__ = ["Predictor", "__version__"]
 
 
 def __getattr__(name: str):

@@ -52,12 +52,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from r2.errors import R2Error
+
 FORMAT = "r2-cache"
 VERSION = 1
 FEATURE_DTYPE = np.float16
 
 
-class CacheError(Exception):
+class CacheError(R2Error):
     """A cache that cannot be used as asked: the message names the file and what to do."""
 
 

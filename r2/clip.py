@@ -15,9 +15,7 @@ import importlib.util
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -25,11 +23,13 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Sequence
-from urllib.request import urlopen
 
 import numpy as np
 import torch
 from torch import nn
+
+from r2.errors import R2Error
+from r2.fetch import fetch
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "OPENAI_MODELS", "Clip", "ClipArch", "ClipLoadError", "TINY_ARCH", "VIT_B32_ARCH",
@@ -58,7 +58,7 @@ _WHAT_TO_PASS = "pass --clip PATH to a local OpenAI CLIP checkpoint, or --clip t
 _SOT, _EOT = "<|startoftext|>", "<|endoftext|>"
 
 
-class ClipLoadError(RuntimeError):
+class ClipLoadError(R2Error):
     """A CLIP checkpoint could not be found, downloaded, verified or read; the message says what to do."""
 
 
@@ -228,14 +228,6 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _cache_dir() -> Path:
     return Path(os.environ.get("R2_CLIP_CACHE", Path.home() / ".cache" / "clip")).expanduser()
 
@@ -243,38 +235,8 @@ def _cache_dir() -> Path:
 def _openai_checkpoint(name: str) -> Path:
     """The cached, SHA-256-verified OpenAI checkpoint `name`, downloaded first if missing."""
     url = OPENAI_MODELS[name]
-    expected = url.split("/")[-2]
-    folder = _cache_dir()
-    target = folder / url.split("/")[-1]
-    if target.is_file():
-        actual = _file_sha256(target)
-        if actual != expected:
-            raise ClipLoadError(f"{target} has SHA-256 {actual}, expected {expected} (from {url}): delete the file "
-                                f"to download it again, or {_WHAT_TO_PASS}")
-        return target
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{target.name}.", delete=False) as partial:
-            partial_path = Path(partial.name)
-    except OSError as err:
-        raise ClipLoadError(f"cannot write the CLIP cache {folder} ({err}): set R2_CLIP_CACHE to a writable folder, "
-                            f"or {_WHAT_TO_PASS}") from err
-    try:
-        print(f"downloading CLIP {name} from {url} to {target}", file=sys.stderr)
-        try:
-            with urlopen(url, timeout=60) as source, open(partial_path, "wb") as sink:
-                shutil.copyfileobj(source, sink, 1 << 20)
-        except OSError as err:  # URLError, timeouts, connection resets, disk full
-            raise ClipLoadError(f"could not download CLIP {name} from {url} to {target} ({err}); "
-                                f"{_WHAT_TO_PASS}") from err
-        actual = _file_sha256(partial_path)
-        if actual != expected:
-            raise ClipLoadError(f"downloaded {url} has SHA-256 {actual}, expected {expected}: try again, "
-                                f"or {_WHAT_TO_PASS}")
-        os.replace(partial_path, target)
-    finally:
-        partial_path.unlink(missing_ok=True)
-    return target
+    return fetch(url, _cache_dir() / url.split("/")[-1], url.split("/")[-2], what=f"CLIP {name}",
+                 alternative=_WHAT_TO_PASS + " (or set R2_CLIP_CACHE to a writable folder)", error=ClipLoadError)
 
 
 _REQUIRED_KEYS = ("visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding", "visual.proj",

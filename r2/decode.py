@@ -68,11 +68,12 @@ def nms(windows: torch.Tensor, mode: str, iou_threshold: float) -> torch.Tensor:
     return out[order]
 
 
-def upsample_level(scores: torch.Tensor, stride: int, n_frames: int) -> torch.Tensor:
-    """Per-position scores (floor(n_frames / stride),) of one level -> (n_frames,): repeat each value `stride`
-    times, then pad with the last value up to n_frames."""
-    frames = scores.repeat_interleave(stride)  # (floor(T / s) * s,)
-    tail = frames[-1:].expand(n_frames - frames.shape[0])  # (T mod s,)
+def upsample_level(scores: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """Per-position scores (n,) of one level -> (n_frames,) per SPEC §6: repeat each value floor(n_frames / n)
+    times (the reference's rule; not always the stride: T = 63, s = 8 gives n = 7 and 9 repeats), then pad with
+    the last value up to n_frames."""
+    frames = scores.repeat_interleave(n_frames // scores.shape[0])  # (floor(T / n) * n,)
+    tail = frames[-1:].expand(n_frames - frames.shape[0])  # (T - floor(T / n) * n,)
     return torch.cat((frames, tail))
 
 
@@ -137,7 +138,7 @@ def decode(outputs: dict, batch: dict, cfg: DecodeConfig) -> list[dict]:
             for s in level_strides:
                 on_level = valid & (strides == s)  # (N,)
                 if bool(on_level.any()):
-                    levels.append(upsample_level(class_logits[b][on_level].sigmoid(), s, n))  # (T_b,)
+                    levels.append(upsample_level(class_logits[b][on_level].sigmoid(), n))  # (T_b,)
             saliency = torch.stack(levels).amax(dim=0) * outputs["saliency"][b, :n].detach().float()  # (T_b,)
             windows = _windows_one(class_logits[b][valid], outputs["boundaries"][b][valid].detach().float(),
                                    points[valid], strides[valid], float(fps[b]), float(duration[b]), cfg)

@@ -42,10 +42,11 @@ import numpy as np
 import torch
 
 from r2 import clip, video
-from r2.cache import CacheError
 from r2.decode import DecodeConfig, decode, finish_windows
+from r2.errors import R2Error
 from r2.model import R2Model
-from r2.train import TrainConfig, build_model, load_checkpoint, pick_device, pick_precision
+from r2.checkpoint import build_model, load_checkpoint
+from r2.train import pick_device, pick_precision, saved_config
 from r2.train import decode_config as train_decode_config
 
 __all__ = [
@@ -72,7 +73,7 @@ TRAINED_FRAMES = {
 }
 
 
-class PredictError(RuntimeError):
+class PredictError(R2Error):
     """A checkpoint, CLIP or video that cannot be used for prediction; the message says what to do."""
 
 
@@ -157,7 +158,7 @@ def average_saliency(parts: Sequence[tuple[int, np.ndarray]], n_frames: int) -> 
 
 def decode_config(ckpt: dict) -> DecodeConfig:
     """The checkpoint's decoding: the dataset's SPEC §6 settings with the run's --nms / --nms-iou / --unit."""
-    return train_decode_config(ckpt["dataset"], TrainConfig(**ckpt["config"]))
+    return train_decode_config(ckpt["dataset"], saved_config(ckpt))
 
 
 def trained_frames(ckpt: dict) -> tuple[int, str]:
@@ -323,9 +324,9 @@ class Predictor:
     def __init__(self, checkpoint: str | Path, clip: str | Path | "clip.Clip" | None = None, fps: float | None = None,
                  device: str = "auto", window_frames: int | None = None,
                  feature_cache: str | Path | None = "auto",
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
-        self.checkpoint = Path(checkpoint)
-        ckpt = load_checkpoint(self.checkpoint)
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dataset: str | None = None):
+        self.checkpoint = checkpoint
+        ckpt = load_checkpoint(checkpoint, dataset)
         self.dataset: str = ckpt["dataset"]
         self.fingerprint: dict = ckpt["fingerprint"]
         self.dims: dict = ckpt["dims"]
@@ -364,7 +365,11 @@ class Predictor:
     def _load_clip(self, spec) -> "clip.Clip":
         fp = self.fingerprint
         model = spec if isinstance(spec, clip.Clip) else clip.load_clip(str(spec or fp["clip"]), self.device)
-        if model.sha256 != fp["clip_sha256"]:
+        if fp["clip_sha256"] is None:  # the authors' released features record the CLIP by name only
+            if model.name != fp["clip"]:
+                warnings.warn(f"{self.checkpoint} was trained on features of {fp['clip']}; {model.name} is used "
+                              f"without a checksum to compare (the release records none)")
+        elif model.sha256 != fp["clip_sha256"]:
             raise PredictError(f"CLIP {model.name} has weights {model.sha256[:12]}..., but {self.checkpoint} was "
                                f"trained on features of {fp['clip']} ({fp['clip_sha256'][:12]}...): pass --clip PATH "
                                f"to that checkpoint")
@@ -488,7 +493,10 @@ class Predictor:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m r2.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=Path, help="best.pt / last.pt of a training run")
+    p.add_argument("--checkpoint", required=True,
+                   help="best.pt / last.pt of a training run, an official R²-Tuning .pth, or a zoo name "
+                        "(r2-tuning:qvhighlights, ...)")
+    p.add_argument("--dataset", help="an official checkpoint's dataset when its file name does not say it")
     p.add_argument("--video", required=True, type=Path)
     p.add_argument("--query", action="append", default=[], help="a query text; repeat for several")
     p.add_argument("--annotations", type=Path, help="QVHighlights-format jsonl: ground truth of this video's "
@@ -538,7 +546,7 @@ def main(args: argparse.Namespace) -> int:
         if not queries:
             raise ValueError("no query: pass --query TEXT (or --annotations with records of this video: "
                              f"none has vid {vid!r})")
-        predictor = Predictor(args.checkpoint, clip=args.clip, fps=args.fps, device=args.device,
+        predictor = Predictor(args.checkpoint, clip=args.clip, fps=args.fps, device=args.device, dataset=args.dataset,
                               window_frames=args.window,
                               feature_cache=None if args.no_feature_cache else args.feature_cache)
         pred = predictor.predict(args.video, queries)
@@ -559,8 +567,7 @@ def main(args: argparse.Namespace) -> int:
             written.extend(viz.export_moments(pred, args.out / "clips", args.top))
         elif args.export_clips == "reel":
             written.extend(viz.export_reel(pred, args.out / "clips", args.reel_seconds))
-    except (PredictError, clip.ClipLoadError, video.VideoDecodeError, CacheError, ValueError, FileNotFoundError,
-            viz.ExportError) as err:
+    except (R2Error, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from r2 import datasets, metrics
-from r2.cache import Cache, CacheError, fingerprint_diff
+from r2.cache import Cache, CacheError
+from r2.checkpoint import build_model, check_compatible, checkpoint_meta, load_checkpoint, save
 from r2.data import GlobalBatchSampler, GroundingDataset, Preloaded, collate, to_device
 from r2.decode import DecodeConfig, decode, decode_config_for
 from r2.losses import Criterion, LossConfig, loss_config_for
@@ -186,51 +188,6 @@ def lr_factor(it: int, epoch: int, cfg: TrainConfig) -> float:
     return factor
 
 
-# ----------------------------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_meta(cache: Cache, cfg: TrainConfig, model_cfg: R2Config, train_frames: int) -> dict:
-    return {
-        "dataset": cache.dataset,
-        "train_frames": train_frames,  # the longest training video: r2.predict windows longer videos to this
-        "fingerprint": cache.fingerprint,
-        "dims": cache.dims,
-        "config": dataclasses.asdict(cfg),
-        "model_config": dataclasses.asdict(model_cfg),
-    }
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by r2, loaded without unpickling code (weights_only); anything else is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError for foreign or damaged files
-        reason = " ".join(str(e).split())[:200] or "empty or truncated file"
-        raise CacheError(f"{path}: not an r2 checkpoint ({type(e).__name__}: {reason})") from None
-    if not isinstance(ckpt, dict) or not {"model", "fingerprint", "dims", "model_config"} <= set(ckpt):
-        raise CacheError(f"{path}: not an r2 checkpoint (missing model/fingerprint/dims/model_config)")
-    return ckpt
-
-
-def check_compatible(ckpt: dict, cache: Cache, what: str):
-    """Refuse to use features from a cache that differs from the one the checkpoint was trained on."""
-    if ckpt["dims"] != cache.dims:
-        raise CacheError(f"{what} expects features with dims {ckpt['dims']}, but {cache.entry} has {cache.dims}")
-    if ckpt["fingerprint"] != cache.fingerprint:
-        raise CacheError(f"{what} was trained on features made differently from {cache.entry} "
-                         f"({fingerprint_diff(ckpt['fingerprint'], cache.fingerprint)}); re-extract with the "
-                         f"checkpoint's settings or train on this cache")
-
-
-def build_model(ckpt: dict) -> R2Model:
-    model = R2Model(R2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()}))
-    model.load_state_dict(ckpt["model"])
-    return model
-
-
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
@@ -261,26 +218,53 @@ def predictions_name(dataset: str, split: str) -> str:
     return f"hl_{split}_submission.jsonl" if dataset == "qvhighlights" else f"{split}_preds.jsonl"
 
 
-def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: str, out: str | Path | None = None,
-                        batch_size: int = 32, device: str = "auto", domain: str | None = None) -> dict:
-    """Predictions and metrics of a trained checkpoint on one split of a cache, written beside it (or to out)."""
-    ckpt = load_checkpoint(checkpoint)
+def saved_config(ckpt: dict) -> TrainConfig:
+    """The TrainConfig a checkpoint records; fields this r2 no longer has are dropped with a warning, so an older
+    checkpoint still loads (fields it lacks take today's defaults)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = dict(ckpt["config"])
+    dropped = sorted(set(values) - known)
+    if dropped:
+        warnings.warn(f"checkpoint config fields {dropped} are not TrainConfig fields of this r2; ignored")
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: str | None = None,
+                        out: str | Path | None = None, batch_size: int = 32, device: str = "auto",
+                        domain: str | None = None, dataset: str | None = None,
+                        allow_feature_source: bool = False) -> tuple[dict, Path]:
+    """Predictions and metrics of a checkpoint (r2's, an official .pth or a zoo name) on one split of a cache
+    (default: the dataset's evaluation split). Written to `out`, by default a new folder
+    runs/eval-<checkpoint>-<cache>-<split>-<time>, so nothing the run folder holds is replaced.
+    Returns (metrics, output folder)."""
+    ckpt = load_checkpoint(checkpoint, dataset)
     cache = Cache(cache_path)
-    check_compatible(ckpt, cache, str(checkpoint))
-    cfg = TrainConfig(**ckpt["config"])
-    _, _, _, dec_cfg = resolve(dataclasses.replace(cfg, cache=str(cache_path), domain=domain or cfg.domain), cache)
+    check_compatible(ckpt, cache, str(checkpoint), allow_feature_source)
+    cfg = saved_config(ckpt)
+    cfg, _, _, dec_cfg = resolve(dataclasses.replace(cfg, cache=str(cache_path), domain=domain or cfg.domain,
+                                                     eval_split=split or cfg.eval_split), cache)
+    split = cfg.eval_split
     dev = pick_device(device)
     model = build_model(ckpt).to(dev)
-    dataset = GroundingDataset(cache, split, train=False)
-    if domain or cfg.domain:
-        dataset.records = [r for r in dataset.records if r.domain == (domain or cfg.domain)]
-    preds, scores = evaluate_split(model, dataset, dec_cfg, dev, pick_precision("auto", dev), batch_size, 0)
-    out = Path(out) if out else Path(checkpoint).parent
+    data = GroundingDataset(cache, split, train=False)
+    if cfg.domain:
+        data.records = [r for r in data.records if r.domain == cfg.domain]
+    if not data.records:
+        raise CacheError(f"{cache.entry}: split {split!r} has no sample with features"
+                         f"{f' in domain {cfg.domain}' if cfg.domain else ''} ({data.missing} without); nothing to "
+                         f"evaluate")
+    preds, scores = evaluate_split(model, data, dec_cfg, dev, pick_precision("auto", dev), batch_size, 0)
+    if out is None:
+        name = Path(checkpoint).parent.name if Path(checkpoint).name in ("best.pt", "last.pt") else Path(
+            str(checkpoint).replace(":", "-")).stem
+        out = Path("runs") / f"eval-{name}-{Path(cache_path).stem}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metrics.write_submission(out / predictions_name(cache.dataset, split), preds)
-    (out / f"{split}_metrics.json").write_text(json.dumps({"split": split, "checkpoint": str(checkpoint),
-                                                           "missing": dataset.missing, **scores}, indent=2))
-    return scores
+    (out / f"{split}_metrics.json").write_text(json.dumps(
+        {"split": split, "checkpoint": str(checkpoint), "cache": str(cache_path), "scored": len(preds),
+         "expected": len(data.records) + data.missing, "missing": data.missing, **scores}, indent=2))
+    return scores, out
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -297,7 +281,7 @@ class Trainer:
         if cfg.resume:
             resume = load_checkpoint(Path(cfg.resume) / "last.pt")
             check_compatible(resume, self.cache, f"{cfg.resume}/last.pt")
-            saved = TrainConfig(**resume["config"])
+            saved = saved_config(resume)
             # the run's own settings, except where it runs and for how long (--epochs extends a finished run)
             cfg = dataclasses.replace(saved, resume=cfg.resume, cache=cfg.cache, progress=cfg.progress,
                                       workers=cfg.workers, preload=cfg.preload, device=cfg.device,
@@ -384,16 +368,14 @@ class Trainer:
 
     def _save(self, path: Path, full: bool):
         train_frames = max(self.cache.num_frames(r.vid) for r in self.train_set.records)
-        state = {**checkpoint_meta(self.cache, self.cfg, self.model_cfg, train_frames), "model": self.model.state_dict(),
+        state = {**checkpoint_meta(self.cache, dataclasses.asdict(self.cfg), self.model_cfg, train_frames), "model": self.model.state_dict(),
                  "epoch": self.epoch, "best": self.best}
         if full:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          scaler=self.scaler.state_dict(),
                          rng={"torch": torch.get_rng_state(),
                               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)  # a kill while saving never leaves a truncated checkpoint under the real name
+        save(state, path)
 
     def train_epoch(self) -> dict[str, float]:
         cfg = self.cfg

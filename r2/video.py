@@ -29,13 +29,15 @@ from typing import Any, Callable, Iterable, Iterator
 import ffmpeg
 import numpy as np
 
+from r2.errors import R2Error
+
 __all__ = ["Frames", "FrameStream", "VideoDecodeError", "decode", "ffmpeg_exe", "iter_decode", "prefetch"]
 
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _KEEP_ERROR_LINES = 8  # the last ffmpeg error lines kept for a failure message (stderr is never held whole)
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(R2Error):
     """A video that gives no frame. `path` is the file, `reason` one line saying why."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import numpy as np
 from matplotlib.figure import Figure
 
+from r2.errors import R2Error
 from r2.predict import Moment, Prediction
 from r2.video import ffmpeg_exe
 
@@ -29,7 +30,7 @@ __all__ = ["ExportError", "export_moments", "export_reel", "plot_prediction", "r
 SVG_WIDTH, SVG_HEIGHT = 960, 150  # viewBox units of one curve
 
 
-class ExportError(RuntimeError):
+class ExportError(R2Error):
     """ffmpeg could not cut a clip; the message names the output and ffmpeg's last error line."""
 
 

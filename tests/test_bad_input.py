@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2.cache import Cache, CacheError
+from r2.cache import Cache
 from r2.clip import tokenize
-from r2.train import TrainConfig, Trainer, load_checkpoint
+from r2.checkpoint import load_checkpoint
+from r2.errors import CheckpointError
+from r2.train import TrainConfig, Trainer
 from r2.verify import verify
 from r2.video import ffmpeg_exe
 from tests.test_faults import REPO, _load_cli, extract_cmd, make_video, record, run, write_jsonl
@@ -206,7 +208,7 @@ def test_a_checkpoint_that_is_not_ours_is_refused(extracted, tmp_path, capsys, c
         path.write_text("not a checkpoint\n")
     else:
         path.touch()
-    with pytest.raises(CacheError, match="not an r2 checkpoint"):
+    with pytest.raises(CheckpointError, match="not an r2 checkpoint"):
         load_checkpoint(path)
     code, err = _evaluate(path, extracted[0], capsys)
     assert code == 2 and "not an r2 checkpoint" in err and err.count("\n") == 1
@@ -229,7 +231,7 @@ def test_a_checkpoint_with_code_in_its_pickle_is_refused_without_running_it(extr
     ckpt["extra"] = _Payload(marker)
     hostile = tmp_path / "hostile.pt"
     torch.save(ckpt, hostile)
-    with pytest.raises(CacheError, match="not an r2 checkpoint"):
+    with pytest.raises(CheckpointError, match="not an r2 checkpoint"):
         load_checkpoint(hostile)
     code, err = _evaluate(hostile, extracted[0], capsys)
     assert code == 2

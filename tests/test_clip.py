@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import r2.clip as rc
+import r2.fetch
 from r2.clip import ClipLoadError, encode_frames, encode_texts, load_clip, parse_layers, tokenize
 
 SOT, EOT = 49406, 49407
@@ -237,7 +238,7 @@ def _refuse(*_args, **_kwargs):
 
 def test_named_model_offline_is_a_clip_load_error(tmp_path, monkeypatch):
     monkeypatch.setenv("R2_CLIP_CACHE", str(tmp_path))
-    monkeypatch.setattr(rc, "urlopen", _refuse)
+    monkeypatch.setattr(r2.fetch, "urlopen", _refuse)
     with pytest.raises(ClipLoadError, match="ViT-B-32.pt") as err:
         load_clip("ViT-B/32")
     message = str(err.value)
@@ -247,7 +248,7 @@ def test_named_model_offline_is_a_clip_load_error(tmp_path, monkeypatch):
 
 def test_cached_file_with_wrong_checksum_is_a_clip_load_error(tmp_path, monkeypatch):
     monkeypatch.setenv("R2_CLIP_CACHE", str(tmp_path))
-    monkeypatch.setattr(rc, "urlopen", _refuse)
+    monkeypatch.setattr(r2.fetch, "urlopen", _refuse)
     (tmp_path / "ViT-B-32.pt").write_bytes(b"truncated download")
     with pytest.raises(ClipLoadError, match="ViT-B-32.pt has SHA-256 .* expected 40d36571"):
         load_clip("ViT-B/32")
@@ -261,11 +262,11 @@ def test_download_is_verified_then_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("R2_CLIP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(rc.OPENAI_MODELS, "ViT-test", f"https://example.invalid/{good}/ViT-test.pt")
     monkeypatch.setitem(rc.OPENAI_MODELS, "ViT-bad", f"https://example.invalid/{'0' * 64}/ViT-bad.pt")
-    monkeypatch.setattr(rc, "urlopen", lambda url, timeout: io.BytesIO(payload))
+    monkeypatch.setattr(r2.fetch, "urlopen", lambda url, timeout: io.BytesIO(payload))
     with pytest.raises(ClipLoadError, match="expected 0000"):
         load_clip("ViT-bad")
     assert list((tmp_path / "cache").iterdir()) == []
     first = load_clip("ViT-test")
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["ViT-test.pt"]
-    monkeypatch.setattr(rc, "urlopen", _refuse)  # the second load must come from the cache
+    monkeypatch.setattr(r2.fetch, "urlopen", _refuse)  # the second load must come from the cache
     assert load_clip("ViT-test").sha256 == first.sha256 == load_clip("tiny").sha256

@@ -125,8 +125,11 @@ def test_qvhighlights_pipeline_rounds_then_suppresses():
 
 
 def test_upsample_level():
-    assert upsample_level(torch.tensor([1.0, 2.0]), 4, 11).tolist() == [1.0] * 4 + [2.0] * 7
-    assert upsample_level(torch.tensor([3.0]), 8, 8).tolist() == [3.0] * 8
+    # SPEC §6: floor(T / n) repeats, then the last value: T = 11 at stride 4 has n = 2 positions, 5 repeats each
+    assert upsample_level(torch.tensor([1.0, 2.0]), 11).tolist() == [1.0] * 5 + [2.0] * 6
+    assert upsample_level(torch.tensor([3.0]), 8).tolist() == [3.0] * 8
+    # T = 63 at stride 8: n = 7 positions, 9 repeats each (not 8), nothing left to pad
+    assert upsample_level(torch.arange(7.0), 63).tolist() == [float(i) for i in range(7) for _ in range(9)]
 
 
 def random_sample_outputs(n_frames, t, strides, seed):

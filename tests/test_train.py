@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2.cache import Cache, CacheError
+from r2.cache import Cache
 from r2.data import GroundingDataset
 from r2.decode import decode_config_for
 from r2.model import R2Model
-from r2.train import TrainConfig, Trainer, evaluate_split, evaluate_checkpoint, load_checkpoint
+from r2.checkpoint import load_checkpoint
+from r2.errors import CheckpointError
+from r2.train import TrainConfig, Trainer, evaluate_split, evaluate_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(batch_size=4, hidden=64, workers=0, progress=False)
@@ -89,14 +91,15 @@ def test_trained_model_beats_untrained(demo, tmp_path):
 
 
 def test_evaluate_cli_and_cache_mismatch(run3, demo, tmp_path):
-    scores = evaluate_checkpoint(run3 / "best.pt", demo, "train", out=tmp_path / "eval")
+    scores, out = evaluate_checkpoint(run3 / "best.pt", demo, "train", out=tmp_path / "eval")
+    assert out == tmp_path / "eval"
     assert (tmp_path / "eval" / "train_preds.jsonl").exists()
     assert json.loads((tmp_path / "eval" / "train_metrics.json").read_text())["MR-full-mAP"] == scores["MR-full-mAP"]
     other = tmp_path / "other.h5"  # the same videos tapped at other layers: another fingerprint
     subprocess.run([sys.executable, str(REPO / "extract" / "run.py"), "--dataset", "demo", "--clip", "tiny",
                     "--layers", "9-12", "--bf16", "--annotations", str(demo.parent / "demo"), "--out", str(other),
                     "--no-progress"], check=True, capture_output=True)
-    with pytest.raises(CacheError, match="trained on features made differently.*precision"):
+    with pytest.raises(CheckpointError, match="trained on features made differently.*precision"):
         evaluate_checkpoint(run3 / "best.pt", other, "val")
     code = subprocess.run([sys.executable, str(REPO / "train" / "evaluate.py"), "--checkpoint", str(run3 / "best.pt"),
                            "--cache", str(other), "--split", "val"], capture_output=True, text=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r2.cache import CacheError  # noqa: E402
+from r2.errors import R2Error  # noqa: E402
 from r2.train import TrainConfig, Trainer  # noqa: E402
 
 def _field_type(f: dataclasses.Field):
@@ -43,7 +43,7 @@ def main(args) -> int:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     try:
         trainer = Trainer(cfg)
-    except (CacheError, ValueError, FileNotFoundError) as e:
+    except (R2Error, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     best = trainer.fit()

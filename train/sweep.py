@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r2.cache import CacheError  # noqa: E402
+from r2.errors import R2Error  # noqa: E402
 from r2.sweep import RESERVED, SweepConfig, field_type, parse_grid, run_sweep  # noqa: E402
 from r2.train import TrainConfig  # noqa: E402
 
@@ -53,7 +53,7 @@ def main(args) -> int:
                           fixed=fixed, samples=args.samples, sample_seed=args.sample_seed,
                           trials_parallel=args.trials_parallel, preload=args.preload, out=args.out)
         result = run_sweep(cfg, grid_texts={k: [t for t, _ in values] for k, values in grid.items()})
-    except (CacheError, ValueError, FileNotFoundError) as e:
+    except (R2Error, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print((result.out / "results.md").read_text())

@@ -35,7 +35,9 @@ class _DownsampleStep(nn.Module):
 
 
 class ConvPyramid(nn.Module):
-    """One level per stride, each branching from h independently: stride 1 is a ReLU, stride 2^p is p steps."""
+    """One level per stride, each branching from relu(h) independently: stride 1 is relu(h) itself, stride 2^p is
+    p downsampling steps on it. The caller applies the ReLU once (SPEC §3: the reference's stride-1 level is an
+    in-place ReLU on the block output, so every later use of h reads relu(h))."""
 
     def __init__(self, dims: int, strides: tuple[int, ...]):
         super().__init__()
@@ -45,7 +47,8 @@ class ConvPyramid(nn.Module):
         )
 
     def forward(self, h: torch.Tensor, n_frames: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
-        """h (B, T, C), n_frames (B,) -> per present level: features (B, T // s, C), masks bool (B, T // s), strides.
+        """h (B, T, C) = relu(block output), n_frames (B,) -> per present level: features (B, T // s, C),
+        masks bool (B, T // s), strides.
 
         A level is absent when T < s (T = the padded length).
         """
@@ -57,7 +60,7 @@ class ConvPyramid(nn.Module):
             for step in steps:
                 x = step(_zero_invalid(x, level_mask(n_frames, x.size(1), current)))  # (B, T / 2^j, C)
                 current *= 2
-            feats.append(x.relu() if stride == 1 else x)
+            feats.append(x)
             masks.append(level_mask(n_frames, x.size(1), stride))
             strides.append(stride)
         return feats, masks, strides

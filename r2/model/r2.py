@@ -53,7 +53,7 @@ class R2Model(nn.Module):
         query (B, K, L, Dq); query_mask bool (B, L) prefix of real tokens.
 
         Returns (all fp32; N = total pyramid positions, levels in stride order, level s has T // s positions):
-          saliency (B, T): cos(h_t, pooled query) on real frames, 0 on padding.
+          saliency (B, T): cos(relu(h)_t, pooled query) on real frames, 0 on padding.
           class_logits (B, N); boundaries (B, N, 2) = exp(head) * coef_level in stride units (only with a
             boundary head); point_mask bool (B, N): (p + 1) * s <= T_b; points (N,) frame index p * s;
             point_strides (N,) s.
@@ -64,14 +64,16 @@ class R2Model(nn.Module):
         b, k_layers = video.shape[:2]
         n_frames = video_mask.sum(dim=1)  # (B,)
         block = self.block(video, video_mask, query, query_mask)
-        levels, level_masks, strides = self.pyramid(block["hidden"], n_frames)
+        # SPEC §3: the reference's stride-1 level is an in-place ReLU on the block output, so the stride-2/4/8
+        # levels, the cosine saliency and the saliency loss all read relu(h). Applied once, here, explicitly.
+        hidden = block["hidden"].relu()  # (B, T, C)
+        levels, level_masks, strides = self.pyramid(hidden, n_frames)
 
         with torch.autocast(device_type=video.device.type, enabled=False):
             query_maps = block["query_maps"].float().flatten(0, 1)  # (B, K, L, C) -> (B*K, L, C)
             step_mask = query_mask.repeat_interleave(k_layers, dim=0)  # (B*K, L)
             query_step = self.pooling(query_maps, step_mask).view(b, k_layers, -1)  # (B*K, C) -> (B, K, C)
-            hidden = block["hidden"].float()  # (B, T, C)
-            cosine = F.cosine_similarity(hidden, query_step[:, None, 0], dim=-1)  # (B, T), shallowest step's query
+            cosine = F.cosine_similarity(hidden.float(), query_step[:, None, 0], dim=-1)  # (B, T), shallowest step's query
             out = {"saliency": torch.where(video_mask, cosine, 0.0)}
 
             out["class_logits"] = torch.cat(

@@ -1,0 +1,12 @@
+"""r2's error classes: every failure that a user can fix is an `R2Error` whose message names the file or field
+and what to do; command-line entry points print it on one line (anything else is a bug and keeps its traceback)."""
+
+__all__ = ["R2Error", "CheckpointError"]
+
+
+class R2Error(Exception):
+    """A problem with the user's input, files or settings; the message says what to do."""
+
+
+class CheckpointError(R2Error):
+    """A checkpoint that cannot be read or used as asked (not r2's or the authors' format, wrong features)."""
