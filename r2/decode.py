@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["DecodeConfig", "decode_config_for", "decode", "nms", "upsample_level"]
+__all__ = ["DecodeConfig", "decode_config_for", "decode", "finish_windows", "nms", "top_windows", "upsample_level"]
 
 
 @dataclass
@@ -77,15 +77,15 @@ def upsample_level(scores: torch.Tensor, n_frames: int) -> torch.Tensor:
     return torch.cat((frames, tail))
 
 
-def _windows_one(logits: torch.Tensor, boundaries: torch.Tensor, points: torch.Tensor, strides: torch.Tensor,
-                 fps: float, duration: float, cfg: DecodeConfig) -> list[list[float]]:
-    """Moments of one sample from its valid points: logits (M,), boundaries (M, 2), points / strides (M,)."""
+def top_windows(logits: torch.Tensor, boundaries: torch.Tensor, points: torch.Tensor, strides: torch.Tensor,
+                fps: float, top_k: int) -> torch.Tensor:
+    """The test branch of one sample (SPEC §6, before clamp/round/NMS) from its valid points: logits (M,),
+    boundaries (M, 2), points / strides (M,) -> (min(M, top_k), 3) [start_s, end_s, sigmoid score] by score."""
     score = logits.sigmoid()  # (M,)
     start = (points - boundaries[:, 0] * strides) / fps  # (M,)
     end = (points + boundaries[:, 1] * strides) / fps  # (M,)
-    order = torch.argsort(score, descending=True, stable=True)[:cfg.top_k]
-    windows = torch.stack((start, end, score), dim=1)[order]  # (k, 3)
-    return finish_windows(windows, duration, cfg).tolist()
+    order = torch.argsort(score, descending=True, stable=True)[:top_k]
+    return torch.stack((start, end, score), dim=1)[order]  # (k, 3)
 
 
 def finish_windows(windows: torch.Tensor, duration: float, cfg: DecodeConfig) -> torch.Tensor:
@@ -140,7 +140,8 @@ def decode(outputs: dict, batch: dict, cfg: DecodeConfig) -> list[dict]:
                 if bool(on_level.any()):
                     levels.append(upsample_level(class_logits[b][on_level].sigmoid(), n))  # (T_b,)
             saliency = torch.stack(levels).amax(dim=0) * outputs["saliency"][b, :n].detach().float()  # (T_b,)
-            windows = _windows_one(class_logits[b][valid], outputs["boundaries"][b][valid].detach().float(),
-                                   points[valid], strides[valid], float(fps[b]), float(duration[b]), cfg)
-            results.append({"pred_relevant_windows": windows, "pred_saliency_scores": saliency.tolist()})
+            windows = top_windows(class_logits[b][valid], outputs["boundaries"][b][valid].detach().float(),
+                                  points[valid], strides[valid], float(fps[b]), cfg.top_k)
+            windows = finish_windows(windows, float(duration[b]), cfg)
+            results.append({"pred_relevant_windows": windows.tolist(), "pred_saliency_scores": saliency.tolist()})
         return results
