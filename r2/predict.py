@@ -28,9 +28,11 @@ the same video costs the text encoder and the model only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -44,15 +46,17 @@ import torch
 from r2 import clip, video
 from r2.decode import DecodeConfig, decode, finish_windows
 from r2.errors import R2Error
+from r2.fetch import file_sha256
 from r2.model import R2Model
 from r2.checkpoint import build_model, load_checkpoint
 from r2.train import pick_device, pick_precision, saved_config
 from r2.train import decode_config as train_decode_config
 
 __all__ = [
-    "DEFAULT_CACHE_BYTES", "ENCODE_CHUNK", "TRAINED_FRAMES", "FeatureCache", "Moment", "PredictError", "Prediction",
-    "Predictor", "QueryPrediction", "average_saliency", "decode_config", "get_args_parser", "main",
-    "merge_moments", "read_ground_truth", "trained_frames", "window_starts",
+    "DEFAULT_CACHE_BYTES", "ENCODE_CHUNK", "TRAINED_FRAMES", "FeatureCache", "FeatureCacheWarning", "Moment",
+    "PredictError", "Prediction", "Predictor", "QueryPrediction", "average_saliency", "decode_config", "display_json",
+    "format_table", "get_args_parser", "main", "merge_moments", "output_stem", "read_ground_truth", "trained_frames",
+    "video_files", "window_starts",
 ]
 
 ENCODE_CHUNK = 64  # frames per decode chunk and per CLIP batch: ExtractConfig.batch_size, so features are identical
@@ -109,12 +113,15 @@ class Prediction:
     from_cache: bool  # features were read from the encoded-video cache (no decoding, no CLIP)
     queries: list[QueryPrediction]
 
-    def to_json(self) -> dict:
-        """Plain JSON: video facts plus, per query, QVHighlights-style `pred_relevant_windows` / saliency."""
+    def to_json(self, all_moments: bool = True) -> dict:
+        """Plain JSON (what `r2.viz` reads): video facts plus, per query, QVHighlights-style `pred_relevant_windows`
+        [[start, end, score], ...] (every decoded window, or with all_moments=False those with a positive score)
+        and `pred_saliency_scores`."""
         facts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "queries"}
         facts["windows"] = [list(w) for w in self.windows]
         return {**facts, "queries": [
-            {"query": q.query, "pred_relevant_windows": [[m.start, m.end, m.score] for m in q.moments],
+            {"query": q.query, "pred_relevant_windows": [[m.start, m.end, m.score] for m in q.moments
+                                                         if all_moments or m.score > 0],
              "pred_saliency_scores": q.saliency} for q in self.queries]}
 
 
@@ -193,11 +200,23 @@ def read_ground_truth(path: str | Path, vid: str) -> dict[str, list[list[float]]
 # ----------------------------------------------------------------------------------------------- encoded videos
 
 
+class FeatureCacheWarning(UserWarning):
+    """The encoded-video cache could not be read or written; the prediction goes on without it."""
+
+
+def _cache_warning(message: str):
+    warnings.warn(f"encoded-video cache: {message}; the prediction goes on without it", FeatureCacheWarning,
+                  stacklevel=3)
+
+
 class FeatureCache:
-    """Encoded videos on disk: `<key>.f16` (float16 (T, K, P+1, Dv) in C order) and `<key>.json` (shape, duration,
-    truncated, source file). An entry exists once its json does (written last, by rename). Using an entry marks it
-    recent; after a new entry is written, the least recently used others are deleted until the total is within
-    `max_bytes`."""
+    """Encoded videos on disk: `<key>.f16` (float16 (T, K, P+1, Dv) in C order) and `<key>.json` (shape, sha256 of
+    the .f16 bytes, duration, truncated, source file). The key hashes the video file's content (not its name or
+    dates), the sampling rate and the checkpoint's feature fingerprint. An entry exists once its json does (written
+    last, by rename); one whose json, size or checksum is wrong is deleted and the video encoded again. Using an
+    entry marks it recent; after a new entry is written, the least recently used others are deleted until the total
+    is within `max_bytes`. A cache that cannot be read or written (full disk, file size limit, read-only folder) is
+    a `FeatureCacheWarning`, never a failed prediction."""
 
     def __init__(self, folder: str | Path, max_bytes: int = DEFAULT_CACHE_BYTES):
         self.folder = Path(folder).expanduser()
@@ -209,63 +228,120 @@ class FeatureCache:
 
     @staticmethod
     def key(path: Path, fingerprint: dict, fps: float) -> str:
-        stat = path.stat()
-        ident = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "fps": fps,
-                 "fingerprint": fingerprint}
+        try:
+            content = file_sha256(path)
+        except OSError as err:
+            raise video.VideoDecodeError(path, f"cannot read it ({err.strerror or err})") from None
+        ident = {"sha256": content, "fps": fps, "fingerprint": fingerprint}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
     def get(self, key: str) -> tuple[np.memmap, dict] | None:
-        """(features (T, K, P+1, Dv) float16 memory-mapped, meta) or None."""
-        meta_path = self.folder / f"{key}.json"
-        if not meta_path.is_file():
+        """(features (T, K, P+1, Dv) float16 memory-mapped, meta) or None (absent, damaged or unreadable)."""
+        meta_path, data_path = self.folder / f"{key}.json", self.folder / f"{key}.f16"
+        try:
+            if not meta_path.is_file():
+                return None
+            meta = json.loads(meta_path.read_text())
+            shape = tuple(int(n) for n in meta["shape"])
+            meta["duration"], meta["truncated"] = float(meta["duration"]), bool(meta["truncated"])
+            size = data_path.stat().st_size
+            if size != 2 * math.prod(shape):
+                raise ValueError(f"{data_path.name} holds {size} bytes, its shape {list(shape)} needs "
+                                 f"{2 * math.prod(shape)}")
+            if file_sha256(data_path) != meta["sha256"]:
+                raise ValueError(f"{data_path.name} does not match its checksum")
+            feats = np.memmap(data_path, dtype=np.float16, mode="r", shape=shape)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            warnings.warn(f"encoded-video cache entry {meta_path} is unusable ({err}): encoding the video again",
+                          FeatureCacheWarning, stacklevel=3)
+            self.remove(key)
             return None
-        meta = json.loads(meta_path.read_text())
-        feats = np.memmap(self.folder / f"{key}.f16", dtype=np.float16, mode="r", shape=tuple(meta["shape"]))
-        os.utime(meta_path)  # most recently used
+        with contextlib.suppress(OSError):  # a read-only cache still serves its entries
+            os.utime(meta_path)  # most recently used
         return feats, meta
 
+    def remove(self, key: str):
+        for suffix in (".json", ".f16"):
+            with contextlib.suppress(OSError):
+                (self.folder / f"{key}{suffix}").unlink(missing_ok=True)
+
     def writer(self, key: str) -> "_EntryWriter":
-        self.folder.mkdir(parents=True, exist_ok=True)
         return _EntryWriter(self, key)
 
     def evict(self, keep: str):
-        entries = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        entries = []  # (last used, key, bytes)
+        for meta_path in self.folder.glob("*.json"):
+            with contextlib.suppress(OSError):  # an entry another process just removed
+                data = meta_path.with_suffix(".f16")
+                entries.append((meta_path.stat().st_mtime, meta_path.stem, data.stat().st_size if data.exists() else 0))
         total = 0
-        for meta_path in entries:
-            data = meta_path.with_suffix(".f16")
-            total += data.stat().st_size if data.exists() else 0
-            if total > self.max_bytes and meta_path.stem != keep:
-                meta_path.unlink(missing_ok=True)
-                data.unlink(missing_ok=True)
+        for _, key, size in sorted(entries, reverse=True):
+            total += size
+            if total > self.max_bytes and key != keep:
+                self.remove(key)
 
 
 class _EntryWriter:
-    """Appends feature chunks to a temporary file; `commit` publishes the entry, `discard` removes it."""
+    """Appends feature chunks to a temporary file; `commit` publishes the entry, `discard` removes it. Any OSError
+    (unwritable folder, full disk, file size limit) warns once and turns the writer off: the caller's features are
+    unaffected."""
 
     def __init__(self, cache: FeatureCache, key: str):
         self.cache, self.key = cache, key
         self.tmp = cache.folder / f".{key}.{os.getpid()}.f16"
-        self.file = open(self.tmp, "wb")
+        self.digest = hashlib.sha256()
         self.tail: tuple[int, ...] | None = None
         self.frames = 0
+        self.file = None
+        self._guard(self._open)
 
-    def append(self, feats: np.ndarray):
+    def _open(self):
+        self.cache.folder.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.tmp, "wb")
+
+    def _guard(self, step, *args) -> bool:
+        """Run one step of writing; on OSError warn, clean up and stop writing. True when it succeeded."""
+        try:
+            step(*args)
+            return True
+        except OSError as err:
+            _cache_warning(f"cannot write to {self.cache.folder} ({err.strerror or err})")
+            self.discard()
+            return False
+
+    def _append(self, feats: np.ndarray):
+        data = np.ascontiguousarray(feats, dtype=np.float16).tobytes()
+        self.file.write(data)
+        self.digest.update(data)
         self.tail = tuple(feats.shape[1:])
         self.frames += feats.shape[0]
-        self.file.write(np.ascontiguousarray(feats, dtype=np.float16).tobytes())
 
-    def commit(self, meta: dict):
+    def append(self, feats: np.ndarray):
+        if self.file is not None:
+            self._guard(self._append, feats)
+
+    def _commit(self, meta: dict):
         self.file.close()
+        self.file = None
         folder = self.cache.folder
         os.replace(self.tmp, folder / f"{self.key}.f16")
         tmp_meta = folder / f".{self.key}.{os.getpid()}.json"
-        tmp_meta.write_text(json.dumps({**meta, "shape": [self.frames, *self.tail]}))
+        tmp_meta.write_text(json.dumps({**meta, "shape": [self.frames, *self.tail],
+                                        "sha256": self.digest.hexdigest()}))
         os.replace(tmp_meta, folder / f"{self.key}.json")
         self.cache.evict(keep=self.key)
 
+    def commit(self, meta: dict):
+        if self.file is not None and not self._guard(self._commit, meta):
+            self.cache.remove(self.key)
+
     def discard(self):
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
+        with contextlib.suppress(OSError):
+            self.tmp.unlink(missing_ok=True)
 
 
 class _FeatureStream:
@@ -497,17 +573,29 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="best.pt / last.pt of a training run, an official R²-Tuning .pth, or a zoo name "
                         "(r2-tuning:qvhighlights, ...)")
     p.add_argument("--dataset", help="an official checkpoint's dataset when its file name does not say it")
-    p.add_argument("--video", required=True, type=Path)
+    p.add_argument("--video", required=True, type=Path, nargs="+", action="extend",
+                   help="video files, or folders of videos (their files with a video extension, sorted); CLIP and "
+                        "the model are loaded once for all of them")
     p.add_argument("--query", action="append", default=[], help="a query text; repeat for several")
-    p.add_argument("--annotations", type=Path, help="QVHighlights-format jsonl: ground truth of this video's "
-                   "queries for the plot and page (and its queries when no --query is given)")
-    p.add_argument("--vid", help="the video's id in --annotations (default: the file name without extension)")
-    p.add_argument("--out", type=Path, default=Path("out"), help="folder for predictions.json, plots, pages, clips")
-    p.add_argument("--top", type=int, default=5, help="moments shown per query (table, plot, page, clips)")
-    p.add_argument("--plot", action="store_true", help="write OUT/<video stem>.png: saliency and moments")
-    p.add_argument("--html", action="store_true", help="write OUT/<video stem>.html: player, curve, moments")
+    p.add_argument("--annotations", type=Path, help="QVHighlights-format jsonl: ground truth of the videos' "
+                   "queries for the plot and page (and their queries when no --query is given)")
+    p.add_argument("--vid", help="the video's id in --annotations (default: the file name without extension; "
+                   "one video only)")
+    p.add_argument("--out", type=Path, default=Path("out"),
+                   help="folder for OUT/<video>.json, .png, .html, .vtt and clips/; a name already used by another "
+                        "video gets -2, -3, ...")
+    p.add_argument("--top", type=int, default=5, help="moments shown per query (table, plot, page, chapters, clips)")
+    p.add_argument("--all-moments", action="store_true", help="write every decoded window to OUT/<video>.json "
+                   "(the reference's full list, suppressed ones at score 0); default: those with score > 0")
+    p.add_argument("--plot", action="store_true", help="write OUT/<video>.png: saliency, moments, frames")
+    p.add_argument("--html", action="store_true", help="write OUT/<video>.html: player, curves, moments")
+    p.add_argument("--embed-video", action="store_true", help="with --html: put the video inside the page, so "
+                   "it opens anywhere (videos up to 256 MiB)")
+    p.add_argument("--export-chapters", action="store_true",
+                   help="write OUT/<video>.vtt: WebVTT chapters of the top moments")
     p.add_argument("--export-clips", nargs="?", const="moments", choices=("moments", "reel"),
-                   help="cut OUT/clips/*.mp4: the top moments (default) or a reel of the most salient clips")
+                   help="cut OUT/clips/*.mp4 (with audio): the top moments (default) or a reel of the most salient "
+                        "clips")
     p.add_argument("--reel-seconds", type=float, default=30.0, help="length of a highlight reel")
     p.add_argument("--clip", help="the checkpoint's CLIP, when it is not where its fingerprint says (name or path)")
     p.add_argument("--fps", type=float, help="sampling rate, only for checkpoints trained at per-video rates")
@@ -519,6 +607,53 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def video_files(specs: Sequence[Path]) -> list[Path]:
+    """--video arguments -> video files: a file as given, a folder as its files with a video extension (sorted)."""
+    from r2.datasets import VIDEO_EXTENSIONS
+
+    files: list[Path] = []
+    for spec in specs:
+        if spec.is_dir():
+            found = sorted(p for p in spec.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            if not found:
+                raise PredictError(f"--video {spec}: the folder holds no {'/'.join(VIDEO_EXTENSIONS)} file")
+            files.extend(found)
+        elif spec.is_file():
+            files.append(spec)
+        else:
+            raise video.VideoDecodeError(spec, "file not found" if not spec.exists() else "not a regular file")
+    return list(dict.fromkeys(files))
+
+
+def output_stem(out: Path, video_path: Path, taken: set[str]) -> str:
+    """The name of a video's outputs in `out`: its stem, or stem-2, stem-3, ... when that name is taken by another
+    video of this call, or OUT/<name>.json holds the prediction of another file."""
+    stem, number = video_path.stem, 1
+    while True:
+        name = stem if number == 1 else f"{stem}-{number}"
+        if name not in taken and _json_video(out / f"{name}.json") in (None, str(video_path.resolve())):
+            return name
+        number += 1
+
+
+def _json_video(path: Path) -> str | None:
+    """The video a prediction file is of ("" when it is not a prediction file), None when there is no file."""
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["video_file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def display_json(pred: Prediction, top: int) -> dict:
+    """What is printed: per query its first `top` moments with a positive score, seconds to 0.01, scores to 1e-4 (a
+    window clamped to the video's end shows as the duration, not 29.966667)."""
+    return {"video": pred.video, "queries": [
+        {"query": q.query, "moments": [[round(m.start, 2), round(m.end, 2), round(m.score, 4)] for m in q.top(top)]}
+        for q in pred.queries]}
+
+
 def format_table(pred: Prediction, top: int) -> str:
     """The top moments of each query as aligned text."""
     lines = [f"{pred.video}: {pred.duration:.1f} s, {pred.n_frames} frames at {pred.fps:g} fps, "
@@ -527,51 +662,96 @@ def format_table(pred: Prediction, top: int) -> str:
     for q in pred.queries:
         lines.append(f"query: {q.query!r}")
         moments = q.top(top)
-        if not moments:
-            best = int(np.argmax(q.saliency))
-            lines.append(f"  no moments (saliency-only model); most salient clip at {best / pred.fps:.1f} s")
-            continue
-        lines.append(f"  {'rank':>4} {'start':>9} {'end':>9} {'score':>7}")
-        lines.extend(f"  {rank:>4} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f}" for rank, m in enumerate(moments, 1))
+        best = f"most salient clip at {int(np.argmax(q.saliency)) / pred.fps:.1f} s"
+        if top == 0:
+            lines.append(f"  {best} (moments not shown: --top 0)")
+        elif not q.moments:
+            lines.append(f"  no moments (saliency-only model); {best}")
+        elif not moments:
+            lines.append(f"  no moment with a score > 0; {best}")
+        else:
+            lines.append(f"  {'rank':>4} {'start':>9} {'end':>9} {'score':>7}")
+            lines.extend(f"  {rank:>4} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f}"
+                         for rank, m in enumerate(moments, 1))
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
+def _write_outputs(args: argparse.Namespace, pred: Prediction, record: dict, truth: dict, stem: str) -> list[Path]:
+    """OUT/<stem>.json and the outputs the flags ask for."""
     from r2 import viz
 
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    plain = pred.to_json()
+    saved = {**record, "video_file": str(Path(pred.video).resolve()), **pred.to_json(args.all_moments)}
+    written = [out / f"{stem}.json"]
+    written[0].write_text(json.dumps(saved))
+    if args.plot:
+        written.append(viz.plot_prediction(plain, out / f"{stem}.png", truth, args.top))
+    if args.html:
+        written.append(viz.write_html(plain, out / f"{stem}.html", truth, args.top, embed_video=args.embed_video))
+    if args.export_chapters:
+        written.append(viz.write_chapters(plain, out / f"{stem}.vtt", args.top))
+    if args.export_clips == "moments":
+        written.extend(viz.export_moments(plain, out / "clips", args.top, stem=stem))
+    elif args.export_clips == "reel":
+        written.extend(viz.export_reel(plain, out / "clips", args.reel_seconds, stem=stem))
+    return written
+
+
+def _check_args(args: argparse.Namespace, videos: list[Path]):
+    if args.top < 0:
+        raise ValueError(f"--top {args.top}: must be >= 0 (0 shows no moments)")
+    if args.reel_seconds <= 0:
+        raise ValueError(f"--reel-seconds {args.reel_seconds:g}: must be > 0")
+    if args.vid and len(videos) > 1:
+        raise ValueError(f"--vid names one video, but --video gives {len(videos)}: each video's id in --annotations "
+                         f"is then its file name without extension")
+    if args.embed_video and not args.html:
+        raise ValueError("--embed-video is for the page: add --html")
+
+
+def _predict_one(args: argparse.Namespace, predictor: Predictor, path: Path, taken: set[str]) -> list[Path]:
+    vid = args.vid or path.stem
+    truth = read_ground_truth(args.annotations, vid) if args.annotations else {}
+    queries = args.query or list(truth)
+    if not queries:
+        raise ValueError(f"{path}: no query: pass --query TEXT (or --annotations with records of this video: none "
+                         f"has vid {vid!r})")
+    pred = predictor.predict(path, queries)
+    stem = output_stem(args.out, path, taken)
+    taken.add(stem)
+    written = _write_outputs(args, pred, {"checkpoint": str(args.checkpoint),
+                                          "window_source": predictor.window_source}, truth, stem)
+    print(format_table(pred, args.top))
+    print(json.dumps(display_json(pred, args.top)), flush=True)
+    return written
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit code: 0 every video predicted; 1 some failed (each named on one line); 2 none (or a bad argument)."""
     try:
-        vid = args.vid or args.video.stem
-        truth = read_ground_truth(args.annotations, vid) if args.annotations else {}
-        queries = args.query or list(truth)
-        if not queries:
-            raise ValueError("no query: pass --query TEXT (or --annotations with records of this video: "
-                             f"none has vid {vid!r})")
+        videos = video_files(args.video)
+        _check_args(args, videos)
         predictor = Predictor(args.checkpoint, clip=args.clip, fps=args.fps, device=args.device, dataset=args.dataset,
                               window_frames=args.window,
                               feature_cache=None if args.no_feature_cache else args.feature_cache)
-        pred = predictor.predict(args.video, queries)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "predictions.json").write_text(json.dumps(
-            {"checkpoint": str(args.checkpoint), "window_source": predictor.window_source, **pred.to_json()}))
-        print(format_table(pred, args.top))
-        print(json.dumps({"video": pred.video, "queries": [
-            {"query": q.query, "moments": [[m.start, m.end, m.score] for m in q.top(args.top)]}
-            for q in pred.queries]}))
-        stem = args.video.stem
-        written = [args.out / "predictions.json"]
-        if args.plot:
-            written.append(viz.plot_prediction(pred, args.out / f"{stem}.png", truth, args.top))
-        if args.html:
-            written.append(viz.write_html(pred, args.out / f"{stem}.html", truth, args.top))
-        if args.export_clips == "moments":
-            written.extend(viz.export_moments(pred, args.out / "clips", args.top))
-        elif args.export_clips == "reel":
-            written.extend(viz.export_reel(pred, args.out / "clips", args.reel_seconds))
     except (R2Error, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return 0
+    taken: set[str] = set()
+    failed = 0
+    for path in videos:
+        try:
+            written = _predict_one(args, predictor, path, taken)
+        except (R2Error, ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    if failed:
+        print(f"{len(videos) - failed} of {len(videos)} videos predicted, {failed} failed", file=sys.stderr)
+    return 0 if not failed else 1 if failed < len(videos) else 2
 
 
 if __name__ == "__main__":

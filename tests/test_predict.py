@@ -1,6 +1,10 @@
 """r2.predict / r2.viz: a tiny demo checkpoint used on video files, short (one window) and long (sliding windows)."""
+import argparse
 import dataclasses
 import json
+import os
+import resource
+import warnings
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -18,7 +22,7 @@ from r2.data import GroundingDataset, collate
 from r2.decode import DecodeConfig, decode
 from r2.extract import ExtractConfig, extract
 from r2.predict import (ENCODE_CHUNK, FeatureCache, Moment, Prediction, PredictError, Predictor, QueryPrediction,
-                        average_saliency, merge_moments, window_starts)
+                        average_saliency, display_json, format_table, merge_moments, window_starts)
 from r2.train import Trainer, TrainConfig
 from r2.train import predict as trained_predict
 
@@ -121,7 +125,7 @@ def test_average_saliency_means_over_covering_windows():
 
 def test_reel_clips_takes_the_most_salient_clips_in_time_order():
     runs = viz.reel_clips([0.1, 0.9, 0.8, 0.2, 0.95], fps=0.5, duration=9.0, seconds=6)
-    assert runs == [Moment(2.0, 6.0, 0.9), Moment(8.0, 9.0, 0.95)]  # clips 1+2 joined; clip 4 cut at the end
+    assert runs == [(2.0, 6.0, 0.9), (8.0, 9.0, 0.95)]  # clips 1+2 joined; clip 4 cut at the end
     assert len(viz.reel_clips([0.3, 0.1], fps=0.5, duration=4.0, seconds=0.1)) == 1  # at least one clip
 
 
@@ -176,18 +180,91 @@ def test_second_prediction_reads_the_encoded_video_cache(demo, tiny, tmp_path, m
     second = cached.predict(path, ["colour bars", "a red screen"])
     assert len(calls) == 1 and (first.from_cache, second.from_cache) == (False, True)
     _assert_close(second.queries[1], first.queries[0])  # batched with another query: equal to float tolerance
-    fresh = Predictor(demo["checkpoint"], clip=tiny, device="cpu", feature_cache=None).predict(path, "colour bars")
+    fresh_predictor = Predictor(demo["checkpoint"], clip=tiny, device="cpu", feature_cache=None)
+    fresh = fresh_predictor.predict(path, "colour bars")
     assert len(calls) == 2
     _assert_close(fresh.queries[0], second.queries[0])
 
-    path.touch()  # a changed file (new mtime) is a new key: decoded again
-    assert cached.predict(path, "a red screen").from_cache is False and len(calls) == 3
+    stat = path.stat()
+    path.touch()  # a new date on the same content: still the same entry
+    assert cached.predict(path, "a red screen").from_cache is True and len(calls) == 2
+    other = demo["videos"] / f"{demo['cache'].videos[2]}.mp4"
+    path.write_bytes(other.read_bytes())  # another video under the same name and dates
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    replaced = cached.predict(path, "a red screen")
+    assert replaced.from_cache is False and len(calls) == 3
+    _assert_close(replaced.queries[0], fresh_predictor.predict(other, "a red screen").queries[0])
+    path.write_bytes(source.read_bytes())
+    assert cached.predict(path, "a red screen").from_cache and len(calls) == 4
 
     cached.feature_cache = FeatureCache(tmp_path / "small", max_bytes=1)  # a budget that keeps the newest entry only
     cached.predict(path, "a red screen")
-    cached.predict(source, "a red screen")
+    cached.predict(other, "a red screen")
     assert len(list((tmp_path / "small").glob("*.json"))) == 1
-    assert cached.predict(source, "a red screen").from_cache and not cached.predict(path, "x").from_cache
+    assert cached.predict(other, "a red screen").from_cache and not cached.predict(path, "x").from_cache
+
+
+def test_cache_key_is_the_content_not_the_name_or_dates(tmp_path):
+    path = tmp_path / "v.mp4"
+    path.write_bytes(b"a" * 1000)
+    key = FeatureCache.key(path, {"clip": "tiny"}, 0.5)
+    stat = path.stat()
+    path.write_bytes(b"a" * 499 + b"b" + b"a" * 500)  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same dates
+    assert FeatureCache.key(path, {"clip": "tiny"}, 0.5) != key
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(path.read_bytes())  # another name, same content
+    assert FeatureCache.key(copy, {"clip": "tiny"}, 0.5) == FeatureCache.key(path, {"clip": "tiny"}, 0.5)
+    assert FeatureCache.key(path, {"clip": "tiny"}, 1.0) != FeatureCache.key(path, {"clip": "tiny"}, 0.5)
+
+
+def _entry(folder: Path) -> tuple[Path, Path]:
+    [meta] = folder.glob("*.json")
+    return meta, meta.with_suffix(".f16")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "bad json", "no data"])
+def test_damaged_cache_entry_is_encoded_again(demo, tiny, tmp_path, damage):
+    path = demo["videos"] / f"{demo['cache'].videos[0]}.mp4"
+    cached = Predictor(demo["checkpoint"], clip=tiny, device="cpu", feature_cache=tmp_path / "features")
+    first = cached.predict(path, "a red screen")
+    meta, data = _entry(tmp_path / "features")
+    if damage == "truncate":
+        data.write_bytes(data.read_bytes()[:data.stat().st_size // 4])
+    elif damage == "flip":
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0x7F
+        data.write_bytes(bytes(raw))
+    elif damage == "bad json":
+        meta.write_text('{"shape": [3')
+    else:
+        data.unlink()
+    with pytest.warns(predict.FeatureCacheWarning, match="unusable.*encoding the video again"):
+        again = cached.predict(path, "a red screen")
+    assert again.from_cache is False and again.queries == first.queries
+    assert cached.predict(path, "a red screen").from_cache  # the entry was rewritten whole
+
+
+def test_cache_write_failures_never_cost_the_prediction(demo, tiny, tmp_path, monkeypatch):
+    path = demo["videos"] / f"{demo['cache'].videos[0]}.mp4"
+    reference = Predictor(demo["checkpoint"], clip=tiny, device="cpu", feature_cache=None).predict(path, "a red screen")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("R2_PREDICT_CACHE", str(blocker / "features"))  # cannot be created
+    unwritable = Predictor(demo["checkpoint"], clip=tiny, device="cpu")
+    with pytest.warns(predict.FeatureCacheWarning, match="cannot write to .*a-file"):
+        assert unwritable.predict(path, "a red screen").queries == reference.queries
+
+    limited = Predictor(demo["checkpoint"], clip=tiny, device="cpu", feature_cache=tmp_path / "limited")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))  # one frame of tiny-CLIP features is 26 KB
+    try:
+        with pytest.warns(predict.FeatureCacheWarning, match="File too large"):
+            pred = limited.predict(path, "a red screen")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert pred.queries == reference.queries
+    assert not list((tmp_path / "limited").iterdir())  # no partial entry left behind
 
 
 # ----------------------------------------------------------------------------------------------- windows
@@ -274,21 +351,27 @@ class _Page(HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
-def test_cli_writes_predictions_plot_page_and_clips(demo, tiny, tmp_path, monkeypatch, capsys):
+def _cli(demo, out: Path, *extra: str) -> argparse.Namespace:
+    return predict.get_args_parser().parse_args(["--checkpoint", str(demo["checkpoint"]), "--out", str(out),
+                                                 "--feature-cache", str(demo["root"] / "features"), *extra])
+
+
+def test_cli_writes_predictions_plot_page_chapters_and_clips(demo, tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(clip, "load_clip", lambda spec, device="cpu": tiny)
     vid, records = next(iter(_val_records(demo).items()))
     video_path = demo["videos"] / f"{vid}.mp4"
     out = tmp_path / "out"
-    args = predict.get_args_parser().parse_args([
-        "--checkpoint", str(demo["checkpoint"]), "--video", str(video_path), "--annotations", str(demo["val"]),
-        "--out", str(out), "--top", "2", "--plot", "--html", "--export-clips", "--feature-cache",
-        str(demo["root"] / "features")])
+    args = _cli(demo, out, "--video", str(video_path), "--annotations", str(demo["val"]), "--top", "2", "--plot",
+                "--html", "--export-clips", "--export-chapters")
     assert predict.main(args) == 0
     stdout = capsys.readouterr().out
-    saved = json.loads((out / "predictions.json").read_text())
+    saved = json.loads((out / f"{vid}.json").read_text())
+    assert saved["video_file"] == str(video_path.resolve())
     assert [q["query"] for q in saved["queries"]] == [r["query"] for r in records]  # queries from --annotations
+    assert all(w[2] > 0 for q in saved["queries"] for w in q["pred_relevant_windows"])  # score > 0 by default
     shown = json.loads(stdout.strip().splitlines()[-1])
-    assert shown["queries"][0]["moments"] == [w for w in saved["queries"][0]["pred_relevant_windows"] if w[2] > 0][:2]
+    assert shown["queries"][0]["moments"] == [[round(a, 2), round(b, 2), round(c, 4)] for a, b, c in
+                                              saved["queries"][0]["pred_relevant_windows"][:2]]
     assert "rank" in stdout and f"{shown['queries'][0]['moments'][0][0]:.2f}" in stdout
 
     png = (out / f"{vid}.png").read_bytes()
@@ -300,34 +383,120 @@ def test_cli_writes_predictions_plot_page_and_clips(demo, tiny, tmp_path, monkey
     src = next(a["src"] for t, a in tags if t == "video")
     assert (out / src).resolve() == video_path.resolve()
     buttons = [(float(a["data-start"]), float(a["data-end"])) for t, a in tags if t == "button"]
-    expected = [(round(w[0], 2), round(w[1], 2)) for q in shown["queries"] for w in q["moments"]]  # top 2 each
+    expected = [(w[0], w[1]) for q in shown["queries"] for w in q["moments"]]  # top 2 each
     assert buttons == expected
+    links = [a["href"] for t, a in tags if t == "a"]
+    assert links == [f"#t={s:.2f},{e:.2f}" for s, e in expected]
     assert sum(t == "svg" for t, _ in tags) == len(records) and sum(t == "section" for t, _ in tags) == len(records)
     assert not any(a.get("src", "").startswith("http") or t == "link" for t, a in tags)  # self-contained
 
+    chapters = (out / f"{vid}.vtt").read_text()
+    assert chapters.startswith("WEBVTT\n") and chapters.count(" --> ") == len(expected)
+
     clips = sorted((out / "clips").glob("*.mp4"))
-    assert len(clips) == len(buttons)
+    assert len(clips) == len(buttons) and all(c.name.startswith(f"{vid}_q") for c in clips)
     start, end = buttons[0]
     cut = video.decode(next(c for c in clips if "_q1_1_" in c.name), fps=1, size=32)
     assert abs(cut.duration - (end - start)) < 0.6
 
 
+def test_cli_names_outputs_by_video_and_loads_clip_once(demo, tiny, tmp_path, monkeypatch, capsys):
+    loads = []
+    monkeypatch.setattr(clip, "load_clip", lambda spec, device="cpu": loads.append(spec) or tiny)
+    folder, elsewhere, out = tmp_path / "videos", tmp_path / "elsewhere", tmp_path / "out"
+    folder.mkdir(), elsewhere.mkdir()
+    first, second, third = (demo["videos"] / f"{v}.mp4" for v in demo["cache"].videos[:3])
+    (folder / "a.mp4").write_bytes(first.read_bytes())
+    (folder / "b.mkv").write_bytes(second.read_bytes())
+    (folder / "notes.txt").write_text("not a video")
+    (elsewhere / "a.mp4").write_bytes(third.read_bytes())  # the same name as folder/a.mp4
+    assert predict.main(_cli(demo, out, "--video", str(folder), str(elsewhere / "a.mp4"), "--query", "red")) == 0
+    assert len(loads) == 1  # one CLIP for all three videos
+    names = {p.name: json.loads(p.read_text())["video_file"] for p in out.glob("*.json")}
+    assert names == {"a.json": str((folder / "a.mp4").resolve()), "b.json": str((folder / "b.mkv").resolve()),
+                     "a-2.json": str((elsewhere / "a.mp4").resolve())}
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    other = tmp_path / "third" / "a.mp4"  # a later call, a fourth video of that name, into the same --out
+    other.parent.mkdir()
+    other.write_bytes(second.read_bytes())
+    assert predict.main(_cli(demo, out, "--video", str(other), "--query", "red")) == 0
+    assert json.loads((out / "a-3.json").read_text())["video_file"] == str(other.resolve())
+    assert all((out / name).read_bytes() == data for name, data in before.items())  # nothing overwritten
+    assert predict.main(_cli(demo, out, "--video", str(folder / "a.mp4"), "--query", "blue")) == 0  # same video:
+    assert json.loads((out / "a.json").read_text())["queries"][0]["query"] == "blue"  # its own file is updated
+    assert len(list(out.glob("*.json"))) == 4
+    capsys.readouterr()
+
+
+def test_cli_goes_on_after_a_bad_video_and_writes_all_moments_on_request(demo, tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(clip, "load_clip", lambda spec, device="cpu": tiny)
+    good = demo["videos"] / f"{demo['cache'].videos[0]}.mp4"
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    out = tmp_path / "out"
+    assert predict.main(_cli(demo, out, "--video", str(broken), str(good), "--query", "red", "--all-moments")) == 1
+    err = capsys.readouterr().err
+    assert "cannot decode video" in err and "broken.mp4" in err and "1 of 2 videos predicted, 1 failed" in err
+    saved = json.loads((out / f"{good.stem}.json").read_text())
+    full = Predictor(demo["checkpoint"], clip=tiny, device="cpu", feature_cache=None).predict(good, "red")
+    assert saved["queries"][0]["pred_relevant_windows"] == [[m.start, m.end, m.score] for m in full.queries[0].moments]
+    assert predict.main(_cli(demo, out, "--video", str(broken), "--query", "red")) == 2
+
+
+def _prediction(moments: list[Moment], saliency=(0.1, 0.5, 0.9, 0.2, 0.3)) -> Prediction:
+    return Prediction(video="x.mp4", duration=9.966667, fps=0.5, n_frames=5, truncated=False, window_frames=5,
+                      stride_frames=2, windows=[(0, 5)], frames_held=5, from_cache=False,
+                      queries=[QueryPrediction("a query", moments, list(saliency))])
+
+
+def test_printed_moments_are_positive_and_rounded_and_top_zero_says_so():
+    pred = _prediction([Moment(4.0, 9.966667, 0.81234567), Moment(0.0, 2.0, 0.0)])
+    assert display_json(pred, 5)["queries"][0]["moments"] == [[4.0, 9.97, 0.8123]]
+    table = format_table(pred, 5)
+    assert "9.97" in table and "0.0000" not in table  # the zero-score window is not shown
+    hidden = format_table(pred, 0)
+    assert "--top 0" in hidden and "saliency-only" not in hidden and display_json(pred, 0)["queries"][0]["moments"] == []
+    assert "saliency-only model" in format_table(_prediction([]), 5)
+    assert "no moment with a score > 0" in format_table(_prediction([Moment(0.0, 2.0, 0.0)]), 5)
+    assert pred.to_json(all_moments=False)["queries"][0]["pred_relevant_windows"] == [[4.0, 9.966667, 0.81234567]]
+    assert len(pred.to_json()["queries"][0]["pred_relevant_windows"]) == 2
+
+
+def _video_with_audio(path: Path, seconds: int = 16) -> Path:
+    subprocess.run([video.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", f"testsrc=s=64x48:r=10:d={seconds}",
+                    "-f", "lavfi", "-i", f"sine=frequency=440:d={seconds}", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)], check=True)
+    return path
+
+
+def _audio_seconds(path: Path) -> float:
+    """Seconds of audio in a file: its samples decoded to 8 kHz mono s16."""
+    proc = subprocess.run([video.ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar",
+                           "8000", "-f", "s16le", "pipe:1"], capture_output=True, check=True)
+    return len(proc.stdout) / 2 / 8000
+
+
 def test_highlight_reel_has_the_chosen_length(demo, predictor, tmp_path):
     vid = demo["cache"].videos[0]
-    pred = predictor.predict(demo["videos"] / f"{vid}.mp4", "a red screen")
+    pred = predictor.predict(demo["videos"] / f"{vid}.mp4", "a red screen").to_json()
     [reel] = viz.export_reel(pred, tmp_path, seconds=8)
-    runs = viz.reel_clips(pred.queries[0].saliency, pred.fps, pred.duration, 8)
-    assert abs(video.decode(reel, fps=1, size=32).duration - sum(m.end - m.start for m in runs)) < 0.6
+    runs = viz.reel_clips(pred["queries"][0]["pred_saliency_scores"], pred["fps"], pred["duration"], 8)
+    assert abs(video.decode(reel, fps=1, size=32).duration - sum(e - s for s, e, _ in runs)) < 0.6
+    assert not viz.has_audio(reel)  # the demo videos have no sound
 
 
-def test_plot_and_page_show_ground_truth():
-    pred = Prediction(video="x.mp4", duration=10.0, fps=0.5, n_frames=5, truncated=False, window_frames=5,
-                      stride_frames=2, windows=[(0, 5)], frames_held=5, from_cache=False,
-                      queries=[QueryPrediction("a <b> query", [Moment(2.0, 6.0, 0.8), Moment(0.0, 2.0, 0.0)],
-                                               [0.1, 0.5, 0.9, 0.2, 0.3])])
-    svg = viz.saliency_svg(pred, 0, {"a <b> query": [[4.0, 8.0]]}, top=5)
-    assert svg.count('class="moment-band"') == 1  # the zero-score (suppressed) moment is not shown
-    assert 'class="truth" x="384.0"' in svg and "&lt;b&gt;" in svg
+def test_clips_and_reels_keep_the_audio_track(predictor, tmp_path):
+    source = _video_with_audio(tmp_path / "sound.mp4")
+    assert viz.has_audio(source)
+    pred = predictor.predict(source, "a test pattern").to_json()
+    clips = viz.export_moments(pred, tmp_path / "clips", top=1)
+    [reel] = viz.export_reel(pred, tmp_path / "reel", seconds=6)
+    start, end, _ = viz.top_moments(pred["queries"][0], 1)[0]
+    assert abs(_audio_seconds(clips[0]) - (end - start)) < 0.3
+    runs = viz.reel_clips(pred["queries"][0]["pred_saliency_scores"], pred["fps"], pred["duration"], 6)
+    assert abs(_audio_seconds(reel) - sum(e - s for s, e, _ in runs)) < 0.3
+    assert abs(video.decode(reel, fps=10, size=32).duration - sum(e - s for s, e, _ in runs)) < 0.3
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -348,7 +517,10 @@ def test_cli_errors_are_one_line(demo, tiny, tmp_path, monkeypatch, capsys):
                                                  "--out", str(tmp_path)])
     assert predict.main(args) == 2
     assert "missing.mp4: file not found" in capsys.readouterr().err
-    args.query, args.video = [], demo["videos"] / f"{demo['cache'].videos[0]}.mp4"
+    args.query, args.video = [], [demo["videos"] / f"{demo['cache'].videos[0]}.mp4"]
     assert predict.main(args) == 2
     assert "--query TEXT" in capsys.readouterr().err
+    args.query, args.top = ["q"], -1
+    assert predict.main(args) == 2
+    assert "--top -1: must be >= 0" in capsys.readouterr().err
     assert r2.Predictor is Predictor
