@@ -82,9 +82,12 @@ _PREFIXES = (
     ("pooling.att.", "pooling.att."),
     ("coef", "boundary_coef"),
 )
-# Official file order of the top-level parts (nncore writes the model's registration order).
+# Official file order (nncore writes the modules' registration order); r2's order agrees within each entry.
 _ORDER = ("coef", "adapter.gate", "adapter.scale", "adapter.video_map.", "adapter.query_map.", "adapter.v_map.",
-          "adapter.q_map.", "adapter.tem.", "pyramid.", "pooling.", "class_head.", "coord_head.", "loss.")
+          "adapter.q_map.", *(f"adapter.tem.{part}" for part in (
+              "cross_att.q.", "cross_att.k.", "cross_att.v.", "cross_att.m.", "cross_att_norm.", "self_att.q.",
+              "self_att.k.", "self_att.v.", "self_att.m.", "self_att_norm.", "ffn.", "ffn_norm.")),
+          "pyramid.", "pooling.", "class_head.", "coord_head.", "loss.")
 # pyramid.blocks.<level>.<5j+1> is the j-th downsampling conv of that level, <5j+3> its LayerNorm.
 _PYRAMID_OFFICIAL = re.compile(r"^pyramid\.blocks\.(\d+)\.(\d+)\.(weight|bias)$")
 _PYRAMID_R2 = re.compile(r"^pyramid\.levels\.(\d+)\.(\d+)\.(conv|norm)\.(weight|bias)$")
@@ -159,7 +162,7 @@ def to_official_state_dict(state_dict: dict) -> OrderedDict:
         key = item[0]
         return next(i for i, prefix in enumerate(_ORDER) if key.startswith(prefix))
 
-    return OrderedDict(sorted(named.items(), key=rank))  # sorted() is stable: r2 keeps the order within a part
+    return OrderedDict(sorted(named.items(), key=rank))  # stable: r2's order within an entry is kept
 
 
 def clip_layers(k: int) -> list[int]:
