@@ -274,3 +274,27 @@ def test_converted_model_is_the_official_one(qvh_official):
     model = build_model(load_checkpoint(QVH_PTH, "qvhighlights"))
     assert sum(p.numel() for p in model.parameters()) == 2_836_242
     assert official.to_official_state_dict(model.state_dict()).keys() == qvh_official["state_dict"].keys()
+
+
+@pytest.mark.slow
+def test_predict_with_the_authors_checkpoint(tmp_path):
+    """r2.predict on a new video with an official file: ViT-B/32 taps (a random-weight OpenAI-format file here,
+    as the real weights cannot be downloaded in CI) feed the authors' model."""
+    from r2 import clip, video
+
+    vit = clip.write_vit_b32_checkpoint(tmp_path / "ViT-B-32.pt")
+    clip_file = tmp_path / "v.mp4"
+    subprocess.run([video.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=s=96x64:r=4:d=12",
+                    "-pix_fmt", "yuv420p", str(clip_file)], check=True)
+    zoo_named = tmp_path / "r2_tuning_qvhighlights-ed516355.pth"
+    shutil.copy(QVH_PTH, zoo_named)
+    out = tmp_path / "out"
+    res = run("-m", "r2.predict", "--checkpoint", zoo_named, "--clip", vit, "--video", clip_file, "--query",
+              "a test pattern", "--out", out, "--no-feature-cache")
+    assert res.returncode == 0, res.stderr
+    assert "without a checksum to compare" in res.stderr  # the release records the CLIP by name only
+    written = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert len(written) == 1
+    query = written[0]["queries"][0]
+    assert query["query"] == "a test pattern" and len(query["pred_saliency_scores"]) == 6  # 12 s at 0.5 fps
+    assert query["pred_relevant_windows"] and all(0 <= s <= e <= 12 for s, e, _ in query["pred_relevant_windows"])
