@@ -1,17 +1,25 @@
-"""python -m r2.report RUN_DIR... [--out DIR] [--plot]
+"""python -m r2.report RUN_DIR|SWEEP_DIR... [--out DIR] [--plot]
 
 One row per run with the paper's columns for its dataset, next to the paper's published R²-Tuning numbers.
 A run folder holds config.json ("dataset", optional "eval_split"), metrics.json (flat {key: value}, the best epoch's
-eval metrics) and log.csv (one row per epoch). Writes report.md and report.csv to --out; --plot also writes
-<run>_curves.png per run from its log.csv: losses, the paper's metrics (headline thick, best epoch marked), LR.
+eval metrics) and log.csv (one row per epoch). A sweep folder (train/sweep.py: sweep.json, results.csv) stands for
+its trials, in the order of its ranked results.csv, each named <sweep>/<trial>; failed trials are listed, not
+scored. Other paths (files, folders that are not runs, runs with no metrics.json yet) are skipped with a note, and a
+run reached twice (a runs/<name>-latest link) is reported once. Writes report.md and report.csv to --out (default:
+a report/ folder beside the runs, never the current folder); --plot also writes <run>_curves.png per run from its
+log.csv: losses, the paper's metrics (headline thick, best epoch marked), LR. Exit code 0, or 2 with a one-line
+error when no run can be reported.
 """
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from .datasets import dataset_info
+from .errors import R2Error
 
 # (column, metric key, scale): scale 100 turns the YouTube / TVSum fractions into the paper's percentages.
 _MR_COLUMNS = (("R1@0.3", "MR-full-R1@0.3", 1), ("R1@0.5", "MR-full-R1@0.5", 1), ("R1@0.7", "MR-full-R1@0.7", 1),
@@ -46,31 +54,101 @@ PAPER = {
 }
 
 
+class ReportError(R2Error):
+    """A run folder that cannot be reported; the message names the file and what is wrong."""
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a run folder needs config.json and metrics.json")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        raise ReportError(f"{path} not found: a run folder needs config.json and metrics.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path}: not readable JSON ({err}); re-run or remove that run") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
-def run_row(run_dir: Path) -> dict:
-    """{"run", "dataset", "split", <paper columns>...} of one run folder."""
+def _sweep_trials(sweep: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(label, trial folder) of a sweep's scored trials in its ranked order, and notes on the others."""
+    table = sweep / "results.csv"
+    if table.is_file():
+        try:
+            ranked = pd.read_csv(table, dtype={"trial": str})
+        except (OSError, ValueError) as err:
+            raise ReportError(f"{table}: not a readable results table ({err})") from None
+        if "trial" not in ranked:
+            raise ReportError(f"{table}: column 'trial' missing (a train/sweep.py results table has it)")
+        rows = ranked.to_dict("records")
+    else:  # an interrupted sweep: its trial folders in name order
+        rows = [{"trial": p.name} for p in sorted(sweep.iterdir()) if (p / "config.json").is_file()]
+    runs, notes = [], []
+    for row in rows:
+        label, folder = f"{sweep.name}/{row['trial']}", sweep / str(row["trial"])
+        if str(row.get("status", "ok")) != "ok":
+            notes.append(f"{label}: trial failed ({row.get('error')}), not scored")
+        elif not (folder / "metrics.json").is_file():
+            notes.append(f"{label}: no metrics.json (the trial did not finish an epoch), not scored")
+        else:
+            runs.append((label, folder))
+    return runs, notes
+
+
+def find_runs(paths: list[Path], skip: Path | None = None) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Command-line paths -> (label, run folder) in order, each folder once, and one note per path left out.
+    A sweep folder stands for its trials; `skip` (the report's own folder) is left out silently."""
+    runs, notes, seen = [], [], set()
+    for path in paths:
+        path = Path(path)
+        if skip is not None and path.resolve() == skip.resolve():
+            continue
+        if (path / "sweep.json").is_file() or (path / "results.csv").is_file():
+            found, more = _sweep_trials(path)
+            notes += more
+        elif (path / "config.json").is_file() and not (path / "metrics.json").is_file():
+            found = []
+            notes.append(f"{path}: no metrics.json (the run has not finished an epoch), not scored")
+        elif (path / "config.json").is_file():
+            found = [(path.name, path)]
+        else:
+            found = []
+            notes.append(f"{path}: not a run folder (no config.json)")
+        for label, folder in found:
+            if folder.resolve() not in seen:
+                seen.add(folder.resolve())
+                runs.append((label, folder))
+    return runs, notes
+
+
+def default_out(paths: list[Path]) -> Path:
+    """report/ beside the runs: in the deepest folder holding all of them."""
+    parents = [str(Path(p).absolute().parent) for p in paths]
+    return Path(os.path.commonpath(parents)) / "report"
+
+
+def run_row(run_dir: Path, label: str | None = None) -> dict:
+    """{"run", "dataset", "split", <paper columns>...} of one run folder (named `label`, default its name)."""
     config = _read_json(run_dir / "config.json")
     if "dataset" not in config:
-        raise ValueError(f"{run_dir / 'config.json'}: field 'dataset' missing")
+        raise ReportError(f"{run_dir / 'config.json'}: field 'dataset' missing")
     dataset = config["dataset"]
+    if dataset not in COLUMNS:
+        raise ReportError(f"{run_dir / 'config.json'}: dataset {dataset!r} unknown; one of {', '.join(COLUMNS)}")
     metrics = _read_json(run_dir / "metrics.json")
     split = config.get("eval_split", dataset_info(dataset).eval_split)
-    row = {"run": run_dir.name, "dataset": dataset, "split": split}
+    row = {"run": label or run_dir.name, "dataset": dataset, "split": split}
     for column, key, scale in COLUMNS[dataset]:
         if key in metrics:
             row[column] = round(metrics[key] * scale, 2)
     return row
 
 
-def build_table(run_dirs: list[Path]) -> pd.DataFrame:
-    """Runs grouped by dataset, each dataset's paper row (when published) after its runs."""
-    rows = [run_row(Path(d)) for d in run_dirs]
+def build_table(runs: list[Path] | list[tuple[str, Path]]) -> pd.DataFrame:
+    """Runs (folders, or (label, folder) pairs) grouped by dataset, each dataset's paper row (when published) after
+    its runs."""
+    rows = [run_row(Path(r)) if isinstance(r, (str, Path)) else run_row(Path(r[1]), r[0]) for r in runs]
     out = []
     for dataset, split in dict.fromkeys((r["dataset"], r["split"]) for r in rows):
         group = [r for r in rows if (r["dataset"], r["split"]) == (dataset, split)]
@@ -115,19 +193,21 @@ def curve_columns(log: pd.DataFrame, dataset: str, split: str, headline: str) ->
     return {"losses": losses, "metrics": shown, "lr": [("lr", "lr", 1)] if "lr" in numeric else []}
 
 
-def plot_run(run_dir: Path, out_dir: Path) -> Path:
+def plot_run(run_dir: Path, out_dir: Path, name: str | None = None) -> Path:
     """<run>_curves.png from log.csv against the epoch: losses (left); the paper's metrics for the dataset on the
-    eval split with the headline drawn thick and its best epoch marked (middle); the learning rate (right)."""
+    eval split with the headline drawn thick and its best epoch marked (middle); the learning rate (right).
+    `name`: the run's label (default the folder name; a sweep trial's <sweep>/<trial> becomes <sweep>__<trial>)."""
+    name = name or run_dir.name
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
     path = run_dir / "log.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --plot needs the per-epoch log.csv of each run")
+        raise ReportError(f"{path} not found: --plot needs the per-epoch log.csv of each run")
     log = pd.read_csv(path)
     if "epoch" not in log:
-        raise ValueError(f"{path}: column 'epoch' missing")
+        raise ReportError(f"{path}: column 'epoch' missing")
     config = _read_json(run_dir / "config.json")
     dataset = config["dataset"]
     split = config.get("eval_split", dataset_info(dataset).eval_split)
@@ -146,12 +226,12 @@ def plot_run(run_dir: Path, out_dir: Path) -> Path:
                         (best["epoch"], best[column] * scale), fontsize=8)
         if title == "lr" and columns:
             ax.set_yscale("log")
-        ax.set_title(f"{run_dir.name}: {title}" + (f" ({split})" if title == "metrics" else ""), fontsize=9)
+        ax.set_title(f"{name}: {title}" + (f" ({split})" if title == "metrics" else ""), fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if columns and title != "lr":
             ax.legend(fontsize=7)
-    out = out_dir / f"{run_dir.name}_curves.png"
+    out = out_dir / f"{name.replace('/', '__')}_curves.png"
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -161,24 +241,45 @@ def plot_run(run_dir: Path, out_dir: Path) -> Path:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m r2.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, help="run folders")
-    p.add_argument("--out", type=Path, default=Path("."), help="where report.md / report.csv (and PNGs) go")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders and sweep folders (runs/* works)")
+    p.add_argument("--out", type=Path, help="where report.md / report.csv (and PNGs) go (default: report/ beside "
+                   "the runs)")
     p.add_argument("--plot", action="store_true", help="also write <run>_curves.png from each log.csv")
     return p
 
 
 def main(args) -> pd.DataFrame:
-    table = build_table(args.runs)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or default_out(args.runs)
+    runs, notes = find_runs(args.runs, skip=out)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not runs:
+        raise ReportError(f"no run to report among {len(args.runs)} path(s): give run folders (with config.json "
+                          f"and metrics.json) or sweep folders")
+    table = build_table(runs)
+    out.mkdir(parents=True, exist_ok=True)
     text = _markdown(table)
-    print(text)
-    (args.out / "report.md").write_text(text)
-    table.to_csv(args.out / "report.csv", index=False, float_format="%.2f")
+    (out / "report.md").write_text(text)
+    table.to_csv(out / "report.csv", index=False, float_format="%.2f")
+    written = [out / "report.md", out / "report.csv"]
     if args.plot:
-        for run in args.runs:
-            plot_run(Path(run), args.out)
+        written += [plot_run(folder, out, label) for label, folder in runs]
+    print(text)
+    print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return table
 
 
+def _cli() -> int:
+    try:
+        main(get_args_parser().parse_args())
+    except R2Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader (| head) closed the pipe: the files are written, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(_cli())

@@ -1,9 +1,16 @@
-"""python -m r2.report on two fake run folders."""
+"""python -m r2.report on fake run folders, a sweep folder and a runs/ folder as a user leaves it."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 
 from r2.report import curve_columns, get_args_parser, main
+from r2.sweep import rank
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(path, dataset, metrics, log_rows):
@@ -48,3 +55,77 @@ def test_curve_columns_picks_losses_paper_metrics_headline_first_and_lr():
     assert curve_columns(yt, "youtube", "val", "mAP")["metrics"] == [("val_mAP", "Avg. (headline)", 100),
                                                                      ("val_mAP-dog", "Dog", 100)]
     assert curve_columns(yt, "youtube", "val", "mAP")["lr"] == []
+
+
+def _qvh(path, map_value):
+    return _run(path, "qvhighlights", {"MR-full-mAP": map_value, "MR-full-R1@0.5": 50.0},
+                [{"epoch": 1, "loss_cls": 1.0, "MR-full-mAP": map_value}])
+
+
+def _sweep(folder):
+    """A train/sweep.py folder: two finished trials ranked by results.csv (the better one second by name) and a
+    failed one."""
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({"grid": {"lr": [1e-4, 1e-3, 1e-2]}}))
+    _qvh(folder / "00_lr=1e-4", 30.0)
+    _qvh(folder / "01_lr=1e-3", 40.0)
+    (folder / "02_lr=1e-2").mkdir()
+    outcomes = [{"trial": name, "params": {"lr": lr}, "metric": "MR-full-mAP", "value": value, "best_epoch": 1,
+                 "epochs": 1, "seconds": 1.0, "status": status, "error": error}
+                for name, lr, value, status, error in (("00_lr=1e-4", 1e-4, 30.0, "ok", None),
+                                                       ("01_lr=1e-3", 1e-3, 40.0, "ok", None),
+                                                       ("02_lr=1e-2", 1e-2, None, "failed", "loss is NaN"))]
+    rank(outcomes, ["lr"], "val").to_csv(folder / "results.csv", index=False)
+    return folder
+
+
+def test_report_reads_a_runs_folder_with_a_sweep_links_and_strays(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _sweep(runs / "sweep-demo")
+    _qvh(runs / "demo-1", 20.0)
+    (runs / "demo-latest").symlink_to("demo-1")  # the same run again
+    (runs / "unfinished").mkdir()
+    (runs / "unfinished" / "config.json").write_text(json.dumps({"dataset": "demo"}))
+    (runs / "notes.txt").write_text("a stray file")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    table = main(get_args_parser().parse_args(sorted(str(p) for p in runs.iterdir())))
+    err = capsys.readouterr().err
+    assert list(table["run"])[:3] == ["demo-1", "sweep-demo/01_lr=1e-3", "sweep-demo/00_lr=1e-4"]  # ranked order
+    assert list(table.set_index("run").loc[["sweep-demo/01_lr=1e-3", "sweep-demo/00_lr=1e-4"], "mAP"]) == [40.0, 30.0]
+    assert "sweep-demo/02_lr=1e-2: trial failed (loss is NaN)" in err and "unfinished: no metrics.json" in err
+    assert "notes.txt: not a run folder" in err
+    assert sorted(p.name for p in (runs / "report").iterdir()) == ["report.csv", "report.md"]  # beside the runs
+    assert not list(cwd.iterdir())  # never the current folder
+    main(get_args_parser().parse_args(sorted(str(p) for p in runs.iterdir()) + ["--plot"]))  # runs/* again
+    assert "report: not a run folder" not in capsys.readouterr().err  # its own folder is not a run
+    assert (runs / "report" / "sweep-demo__01_lr=1e-3_curves.png").is_file()
+
+
+def _report_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "r2.report", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def closed_pipe_stderr(command: list[str], cwd) -> tuple[int, str]:
+    """Run `command` with its stdout a pipe whose reader has already gone (as `| head` leaves it)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(), err
+
+
+def test_report_cli_errors_are_one_line_and_a_closed_pipe_is_quiet(tmp_path):
+    broken = _qvh(tmp_path / "broken", 1.0)
+    (broken / "metrics.json").write_text("{not json")
+    proc = _report_cli(str(broken), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {broken / 'metrics.json'}")
+    assert "Traceback" not in proc.stderr
+    proc = _report_cli(str(tmp_path / "nothing-here"), cwd=tmp_path)
+    assert proc.returncode == 2 and "no run to report" in proc.stderr
+    code, err = closed_pipe_stderr([sys.executable, "-m", "r2.report", str(_qvh(tmp_path / "run", 1.0))], tmp_path)
+    assert code == 0 and "Traceback" not in err and "BrokenPipe" not in err
+    assert (tmp_path / "report" / "report.md").is_file()  # written before printing
