@@ -228,12 +228,26 @@ def test_cli_qvhighlights_on_small_files(tmp_path, capsys):
     write_submission(tmp_path / "pred.jsonl", s)
     out = main(get_args_parser().parse_args(["--dataset", "qvhighlights", "--gt", str(tmp_path / "gt.jsonl"),
                                              "--pred", str(tmp_path / "pred.jsonl")]))
-    assert json.loads(capsys.readouterr().out) == out
+    printed = json.loads(capsys.readouterr().out)
     assert out["MR-full-R1@0.5"] == 50.0 and out["HL-min-VeryGood-Hit1"] == 50.0
+    # both GT windows are short (<= 10 s): the middle and long buckets are empty, printed "n/a", not the full value
+    assert printed["MR-middle-mAP"] == printed["MR-long-mAP"] == "n/a" and out["MR-long-mAP"] == out["MR-full-mAP"]
+    assert {k: v for k, v in printed.items() if v != "n/a"} == {k: v for k, v in out.items()
+                                                                if k not in ("MR-middle-mAP", "MR-long-mAP")}
+    main(get_args_parser().parse_args(["--dataset", "tacos", "--gt", str(tmp_path / "gt.jsonl"),
+                                       "--pred", str(tmp_path / "pred.jsonl"), "--out", str(tmp_path / "m.json")]))
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["MR-middle-mIoU"] == written["MR-long-mIoU"] == "n/a" and written["MR-short-mIoU"] != "n/a"
+    capsys.readouterr()
+    closed = subprocess.Popen([sys.executable, "-m", "r2.metrics", "--dataset", "qvhighlights", "--gt",
+                               str(tmp_path / "gt.jsonl"), "--pred", str(tmp_path / "pred.jsonl")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    closed.stdout.close()  # `| head` that has already gone
+    assert "Traceback" not in closed.stderr.read() and closed.wait() == 0
     write_submission(tmp_path / "pred.jsonl", s[:1])
     r = subprocess.run([sys.executable, "-m", "r2.metrics", "--dataset", "charades", "--gt", str(tmp_path / "gt.jsonl"),
                         "--pred", str(tmp_path / "pred.jsonl")], capture_output=True, text=True)
-    assert r.returncode != 0 and "qid 2" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "qid 2" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_tvsum_split_check(tmp_path, capsys):

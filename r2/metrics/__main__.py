@@ -3,15 +3,19 @@ python -m r2.metrics --dataset youtube|tvsum --gt ANNO.json --pred PRED.json [--
 
 Prints the metrics as JSON on stdout (see r2.metrics for the keys). For youtube / tvsum, PRED.json is
 {video_id: [one score per clip]}; with --split val (default) its videos must be exactly the fixed val videos of
-every domain it covers; --split none scores whatever videos it holds.
+every domain it covers; --split none scores whatever videos it holds. A moment-length bucket (short, middle, long)
+that no ground-truth window falls in shows "n/a" (the evaluator would repeat the full set's value there).
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from ..datasets import DATASETS, TVSUM_SPLITS, YOUTUBE_SPLITS, read_json_videos
+from ..errors import R2Error
 from . import check_saliency_predictions, evaluate, eval_tvsum, eval_youtube, read_jsonl
+from .moments import empty_buckets
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,20 +49,37 @@ def _domain_metrics(args) -> dict:
     return (eval_youtube if args.dataset == "youtube" else eval_tvsum)(pred, anno, order)
 
 
+def shown(metrics: dict, empty: list[str]) -> dict:
+    """The metrics as printed: "n/a" for every key of an empty length bucket (MR-<bucket>-...)."""
+    return {k: "n/a" if any(k.startswith(f"MR-{b}-") for b in empty) else v for k, v in metrics.items()}
+
+
 def main(args) -> dict:
+    """The metrics (the evaluator's values); prints and writes them with empty buckets as "n/a"."""
     if args.dataset in ("youtube", "tvsum"):
-        metrics = _domain_metrics(args)
+        metrics, empty = _domain_metrics(args), []
     else:
-        metrics = evaluate(args.dataset, read_jsonl(args.pred), read_jsonl(args.gt))
-    text = json.dumps(metrics, indent=2)
-    print(text)
+        gt = read_jsonl(args.gt)
+        metrics = evaluate(args.dataset, read_jsonl(args.pred), gt)
+        empty = empty_buckets(gt, "qvhighlights" if args.dataset == "qvhighlights" else args.dataset)
+    text = json.dumps(shown(metrics, empty), indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n")
+    print(text)
     return metrics
 
 
-if __name__ == "__main__":
+def _cli() -> int:
     try:
         main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except (R2Error, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader (| head) closed the pipe: --out is written, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli())

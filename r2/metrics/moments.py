@@ -141,15 +141,29 @@ def mr_r5(submission: list[dict], ground_truth: list[dict],
     return {str(t): _pct(np.mean(ious >= t)) for t in thresholds}
 
 
-def _bucket(submission: list[dict], ground_truth: list[dict], low: float, high: float | None
-            ) -> tuple[list[dict], list[dict]]:
-    if low == 0 and high is None:
-        return submission, ground_truth
+def _limits(name: str, qvh: bool) -> tuple[float, float | None]:
+    """(low, high] window lengths of a bucket; Moment-DETR caps QVHighlights' long bucket at 150 s."""
+    low, high = BUCKETS[name]
+    if qvh and name == "long":
+        high = 150.0
+    return low, high
+
+
+def _bucket_gt(ground_truth: list[dict], low: float, high: float | None) -> list[dict]:
+    """The records with a window of length in (low, high], keeping only those windows."""
     gt_in = []
     for d in ground_truth:
         kept = [w for w in d["relevant_windows"] if low < w[1] - w[0] and (high is None or w[1] - w[0] <= high)]
         if kept:
             gt_in.append({**d, "relevant_windows": kept})
+    return gt_in
+
+
+def _bucket(submission: list[dict], ground_truth: list[dict], low: float, high: float | None
+            ) -> tuple[list[dict], list[dict]]:
+    if low == 0 and high is None:
+        return submission, ground_truth
+    gt_in = _bucket_gt(ground_truth, low, high)
     qids = {d["qid"] for d in gt_in}
     sub_in = [d for d in submission if d["qid"] in qids]
     if not gt_in:  # vtg: an empty bucket is scored on the full set
@@ -157,15 +171,20 @@ def _bucket(submission: list[dict], ground_truth: list[dict], low: float, high: 
     return sub_in, gt_in
 
 
+def empty_buckets(ground_truth: list[dict], dataset: str = "qvhighlights") -> list[str]:
+    """The length buckets with no ground-truth window: `eval_moments` scores them on the full set (as vtg does), so
+    their values repeat the full set's and mean nothing; `python -m r2.metrics` prints them as "n/a"."""
+    qvh = dataset == "qvhighlights"
+    return [name for name in BUCKETS if name != "full" and not _bucket_gt(ground_truth, *_limits(name, qvh))]
+
+
 def eval_moments(submission: list[dict], ground_truth: list[dict], dataset: str = "qvhighlights") -> dict[str, float]:
     """Brief MR metrics. dataset "qvhighlights": Moment-DETR's keys (long bucket capped at 150 s); any other name:
     vtg's keys (R1@0.3, R5, per-bucket mIoU). Inputs must already be consistent (see `check_submission`)."""
     qvh = dataset == "qvhighlights"
     per = {}
-    for name, (low, high) in BUCKETS.items():
-        if qvh and name in ("long", "full"):
-            high = 150.0 if name == "long" else None
-        sub, gt = _bucket(submission, ground_truth, low, high)
+    for name in BUCKETS:
+        sub, gt = _bucket(submission, ground_truth, *_limits(name, qvh))
         r1, miou = mr_r1(sub, gt, MAP_THRESHOLDS if qvh else R1_THRESHOLDS)
         per[name] = {"mAP": mr_ap(sub, gt), "R1": r1, "mIoU": miou, "R5": None if qvh else mr_r5(sub, gt)}
     brief = {
