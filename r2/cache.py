@@ -41,6 +41,8 @@ not closed cleanly is never written again (its HDF5 status flags stay set): the 
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -88,6 +90,34 @@ def fingerprint_diff(a: dict, b: dict) -> str:
     """A readable list of the fields where two fingerprints differ."""
     keys = sorted(set(a) | set(b))
     return "; ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def describe_oserror(e: OSError) -> str:
+    """One line naming an OSError's real cause and what to do: a full disk or file size limit, a permission, a
+    missing folder, a name too long for the file system, or the error as the system gave it."""
+    code = e.errno if isinstance(e.errno, int) else _errno_in_text(str(e))
+    text = " ".join(str(e).split())[:300]
+    if code in _FULL:
+        return f"{text}: disk full or file size limit; free space (or raise the limit) and re-run to resume"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{text}: permission denied; make the folder writable or pass another --out"
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return f"{text}: a folder on the path is missing or not a folder; check the path"
+    if code == errno.ENAMETOOLONG:
+        return f"{text}: file name too long for the file system"
+    return text
+
+
+def _errno_in_text(text: str) -> int | None:
+    """h5py reports some system errors only as text ("errno = 28, error message = 'No space left on device'")."""
+    lowered = text.lower()
+    for code in (*_FULL, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENAMETOOLONG):
+        if os.strerror(code).lower() in lowered:
+            return code
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -394,37 +424,135 @@ class SegmentIndex:
     dims: dict
     videos: dict[str, tuple[int, int, float, float]]  # vid -> (first_row, n_rows, duration, fps)
     queries: dict[str, tuple[int, int]]  # text -> (first_row, n_rows)
+    size_needed: int = 0  # bytes the file must keep for its committed rows (checked again on every read)
 
 
-def _open_read(path: Path, attempts: int = 20) -> h5py.File:
-    # SWMR read mode: works while a writer appends, and on a segment whose writer was killed. A writer holds an
-    # exclusive lock for the moment between reopening a segment and switching to SWMR: retry briefly.
+SWMR_READ_ATTEMPTS = 24  # HDF5 retries a metadata read whose checksum fails this many times in SWMR mode,
+# sleeping 2^attempt ns between tries: its default of 100 sleeps for hours on a damaged segment; 24 is ~30 ms.
+
+
+def _superblock(path: Path) -> tuple[int, int]:
+    """(status flags, stored end-of-file address) from a segment's version 2/3 superblock, read as bytes.
+
+    Flags are 0 once the file was closed cleanly; a writer (or one killed while writing) leaves them set, and
+    then the stored end-of-file address is stale. ShardWriter files always have their superblock at offset 0."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(36)
+    except OSError as e:
+        raise CacheError(f"{path}: cannot read this cache segment ({describe_oserror(e)})") from None
+    if len(head) < 36 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
+        raise CacheError(f"{path}: not an HDF5 segment written by r2 (no version 2/3 superblock; {len(head)} bytes "
+                         f"read); delete it and re-run extraction for its shard")
+    return head[11], int.from_bytes(head[28:36], "little")
+
+
+def _swmr_access() -> h5py.h5p.PropFAID:
+    """File access properties for SWMR reads: latest format, metadata read attempts bounded (see above)."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    set_attempts = _hdf5_function("H5Pset_metadata_read_attempts")
+    if set_attempts is not None:
+        set_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(SWMR_READ_ATTEMPTS))
+    return fapl
+
+
+def _hdf5_function(name: str):
+    """A C function of the HDF5 library h5py loaded (h5py does not wrap every property setter), or None."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    libs = sorted({line.split()[-1] for line in maps.splitlines()
+                   if "libhdf5" in line and "_hl" not in line and line.split()[-1].startswith("/")})
+    for lib in libs:
+        function = getattr(ctypes.CDLL(lib), name, None)
+        if function is not None:
+            return function
+    return None
+
+
+def open_segment(path: Path, attempts: int = 20) -> h5py.File:
+    """Open a segment for reading, failing fast (never sleeping in HDF5's retries) on a damaged file.
+
+    A segment closed cleanly is opened in plain read mode: HDF5 checks its size against the stored end of file, so a
+    truncated file is an error at once. Only a segment whose writer is running or was killed (status flags set) is
+    read in SWMR mode, with bounded metadata retries. A writer holds an exclusive lock for the moment between
+    reopening a segment and switching to SWMR: retry briefly."""
     for attempt in range(attempts):
+        flags, _ = _superblock(path)
         try:
-            return h5py.File(path, "r", swmr=True, libver="latest")
+            if flags == 0:
+                return h5py.File(path, "r", libver="latest")
+            fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=_swmr_access())
+            return h5py.File(fid)
         except OSError as e:
-            if "unable to lock file" in str(e) and attempt < attempts - 1:
+            busy = "unable to lock file" in str(e) or "already open for write" in str(e)
+            if busy and attempt < attempts - 1:  # a writer is (re)opening it right now
                 time.sleep(0.05)
                 continue
-            raise CacheError(f"{path}: cannot open this cache segment ({e}); delete it and re-run extraction "
-                             f"for its shard") from None
+            raise CacheError(f"{path}: cannot open this cache segment ({' '.join(str(e).split())[:200]}); delete it "
+                             f"and re-run extraction for its shard") from None
+
+
+def _committed_end(f: h5py.File, name: str, rows: int) -> int:
+    """Byte offset where the chunk holding row `rows - 1` of dataset `name` ends (0 when rows == 0)."""
+    if rows == 0:
+        return 0
+    ds = f[name]
+    info = ds.id.get_chunk_info_by_coord((rows - 1,) + (0,) * (ds.ndim - 1))
+    return int(info.byte_offset + info.size)
+
+
+def size_needed(path: Path, f: h5py.File, video_rows: int, query_rows: int) -> int:
+    """Bytes a segment must hold for its committed rows to be on disk: the stored end of file of a cleanly closed
+    segment, else the end of the last committed feature chunks; never less than the committed feature bytes."""
+    flags, stored_eof = _superblock(path)
+    feature_bytes = sum(n * int(np.prod(f[name].shape[1:])) * f[name].dtype.itemsize
+                        for name, n in (("video_feats", video_rows), ("query_feats", query_rows)))
+    if flags == 0:
+        return max(stored_eof, feature_bytes)
+    return max(feature_bytes, _committed_end(f, "video_feats", video_rows), _committed_end(f, "query_feats", query_rows))
+
+
+def check_size(path: Path, needed: int):
+    """A segment smaller than its committed content was truncated (a copy cut short, a damaged disk): its missing
+    rows would read back as zeros, so it is an error naming the file."""
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise CacheError(f"{path}: cannot read this cache segment ({describe_oserror(e)})") from None
+    if size < needed:
+        raise CacheError(f"{path} is truncated or damaged: its index commits {needed} bytes but the file holds {size}; "
+                         f"delete it and re-run extraction for its shard (python -m r2.cache verify names the shard)")
 
 
 def read_segment_index(path: Path) -> SegmentIndex:
-    with _open_read(path) as f:
-        vindex = f["video_index"][...]
-        vinfo = f["video_info"][: len(vindex)]
-        vid_bytes = f["video_ids"][...].tobytes()
-        qindex = f["query_index"][...]
-        q_bytes = f["query_texts"][...].tobytes()
-        fp, dims = json.loads(f.attrs["fingerprint"]), json.loads(f.attrs["dims"])
+    with open_segment(path) as f:
+        try:
+            vindex = f["video_index"][...]
+            vinfo = f["video_info"][: len(vindex)]
+            vid_bytes = f["video_ids"][...].tobytes()
+            qindex = f["query_index"][...]
+            q_bytes = f["query_texts"][...].tobytes()
+            fp, dims = json.loads(f.attrs["fingerprint"]), json.loads(f.attrs["dims"])
+            needed = size_needed(path, f, rows_end(vindex), rows_end(qindex))
+        except (OSError, RuntimeError, KeyError, ValueError) as e:  # h5py: RuntimeError for some HDF5 calls
+            raise CacheError(f"{path}: damaged cache segment ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                             f"delete it and re-run extraction for its shard") from None
+    check_size(path, needed)
     videos = {}
     for (off, n, first, rows), (duration, fps) in zip(vindex, vinfo):
         videos.setdefault(vid_bytes[off:off + n].decode("utf-8"), (int(first), int(rows), float(duration), float(fps)))
     queries = {}
     for off, n, first, rows in qindex:
         queries.setdefault(q_bytes[off:off + n].decode("utf-8"), (int(first), int(rows)))
-    return SegmentIndex(path, fp, dims, videos, queries)
+    return SegmentIndex(path, fp, dims, videos, queries, needed)
+
+
+def rows_end(index: np.ndarray) -> int:
+    """The feature rows an index commits: the end of its furthest [first_row, first_row + n_rows) range."""
+    return int((index[:, 2] + index[:, 3]).max()) if len(index) else 0
 
 
 class Cache:
@@ -445,8 +573,10 @@ class Cache:
         self._videos: dict[str, tuple[int, int, int, float, float]] = {}  # vid -> (segment, first, rows, dur, fps)
         self._queries: dict[str, tuple[int, int, int]] = {}  # text -> (segment, first, rows)
         self.duplicates: list[str] = []
+        self._needed: list[int] = []  # per segment: bytes its committed rows need (a shrunk file is damaged)
         for s, path in enumerate(self.segments):
             index = read_segment_index(path)
+            self._needed.append(index.size_needed)
             if index.fingerprint != self.fingerprint or index.dims != self.dims:
                 raise CacheError(f"{path} was made with other settings than {self.entry} "
                                  f"({fingerprint_diff(index.fingerprint, self.fingerprint)}); delete it and "
@@ -497,7 +627,7 @@ class Cache:
             self._handles, self._pid = {}, os.getpid()
         f = self._handles.get(segment)
         if f is None:
-            f = self._handles[segment] = _open_read(self.segments[segment])
+            f = self._handles[segment] = open_segment(self.segments[segment])
         return f
 
     def video(self, vid: str) -> np.ndarray:
@@ -506,11 +636,11 @@ class Cache:
             s, first, rows, _, _ = self._videos[vid]
         except KeyError:
             raise KeyError(f"video {vid!r} is not in {self.entry}") from None
-        return self._file(s)["video_feats"][first:first + rows]
+        return self._read(s, "video_feats", first, rows)
 
     def times(self, vid: str) -> np.ndarray:
         s, first, rows, _, _ = self._videos[vid]
-        return self._file(s)["video_times"][first:first + rows]
+        return self._read(s, "video_times", first, rows)
 
     def query(self, text: str) -> np.ndarray:
         """float16 (L, K, Dq): the query's SOT..EOT token features."""
@@ -518,7 +648,19 @@ class Cache:
             s, first, rows = self._queries[text]
         except KeyError:
             raise KeyError(f"query {text!r} is not in {self.entry}") from None
-        return self._file(s)["query_feats"][first:first + rows]
+        return self._read(s, "query_feats", first, rows)
+
+    def _read(self, segment: int, name: str, first: int, rows: int) -> np.ndarray:
+        """Rows [first, first + rows) of a segment's dataset, after checking that the file still holds every
+        committed byte: HDF5 reads a chunk lost to truncation (a file cut while a trainer runs) as zeros."""
+        try:
+            out = self._file(segment)[name][first:first + rows]
+        except (OSError, RuntimeError) as e:
+            raise CacheError(f"{self.segments[segment]}: cannot read {name} rows {first}..{first + rows} "
+                             f"({' '.join(str(e).split())[:200]}); the segment is damaged: delete it and re-run "
+                             f"extraction for its shard") from None
+        check_size(self.segments[segment], self._needed[segment])
+        return out
 
     def close(self):
         for f in self._handles.values():

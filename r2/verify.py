@@ -188,10 +188,9 @@ def _check_segment(path: Path, entry_fp: dict, entry_dims: dict, values: bool, r
     m = SEGMENT_RE.fullmatch(path.name)
     shard = (int(m[1]), int(m[2]))
     try:
-        f = h5py.File(path, "r", swmr=True, libver="latest")
-    except OSError as e:
-        errors.append(f"{path.name}: cannot be opened ({' '.join(str(e).split())[:200]}): delete it and re-run "
-                      f"shard {shard[0]}/{shard[1]}")
+        f = cache.open_segment(path)  # fails fast on a damaged file (never sleeps in HDF5's SWMR retries)
+    except cache.CacheError as e:
+        errors.append(str(e))
         return None
     with f:
         try:
@@ -232,6 +231,11 @@ def _check_segment(path: Path, entry_fp: dict, entry_dims: dict, values: bool, r
             errors.append(f"{path.name}: video_info has {f['video_info'].shape[0]} rows for {len(vindex)} committed "
                           f"videos: the segment is damaged; delete it and re-run its shard")
         if len(errors) > n_err:
+            return None
+        try:  # a file cut short reads its lost rows back as zeros: its size must cover what its index commits
+            cache.check_size(path, cache.size_needed(path, f, cache.rows_end(vindex), cache.rows_end(qindex)))
+        except (cache.CacheError, OSError, RuntimeError) as e:
+            errors.append(str(e))
             return None
         if uncommitted:
             report.notes.append(f"{path.name}: {uncommitted} feature rows past the last committed item (left by an "
@@ -339,7 +343,12 @@ def verify(entry: str | Path, values: bool = True) -> Report:
             continue
         report.file_bytes += path.stat().st_size
         report.segments += 1
-        seg = _check_segment(path, fp, dims, values, report)
+        try:
+            seg = _check_segment(path, fp, dims, values, report)
+        except (OSError, RuntimeError) as e:  # HDF5 found damaged metadata or data while reading it
+            report.errors.append(f"{path.name}: damaged ({' '.join(str(e).split())[:200]}): delete it and re-run "
+                                 f"its shard")
+            seg = None
         if seg is not None:
             segments.append(seg)
 

@@ -132,7 +132,7 @@ def test_damaged_segments(tmp_path):
     assert report.exit_code == 2 and len(report.errors) == 4, errors
     for data in ("video_feats", "video_times"):
         assert f"{seg.name}: video index row {len(idx) - 1} points to {data} rows" in errors
-    assert "shard-00001-of-00002.001.h5: cannot be opened" in errors
+    assert "shard-00001-of-00002.001.h5: not an HDF5 segment" in errors
     assert "shard-notes.h5: not a segment name" in errors
 
 
