@@ -1,9 +1,16 @@
 """Use a trained checkpoint on any video file: moments and saliency for free-text queries.
 
-    python -m r2.predict --checkpoint runs/x/best.pt --video clip.mp4 --query "a man opens the fridge" \\
-        [--query ...] [--out out/] [--plot] [--html] [--export-clips [moments|reel]]
+    python -m r2.predict --checkpoint runs/x/best.pt --video clip.mp4 [more.mp4 | FOLDER ...] \\
+        --query "a man opens the fridge" [--query ...] [--out out/] [--plot] [--html [--embed-video]] \\
+        [--export-chapters] [--export-clips [moments|reel]]
 
 Python: `r2.Predictor(checkpoint).predict(video, queries) -> Prediction`.
+
+The command loads the checkpoint and CLIP once for every video given. Each video's outputs are named after it:
+OUT/<video>.json (the prediction: moments with a positive score unless --all-moments), .png, .html, .vtt and
+clips/<video>_q<N>_...mp4; a name that another video already holds in OUT (same file name, other folder) becomes
+<video>-2, -3, ..., so nothing a user has is overwritten. The table and JSON printed show times to 0.01 s and scores
+to 1e-4. A video that cannot be decoded is one error line and the others go on (exit 1; 2 when none worked).
 
 Features are made exactly as the cache the checkpoint was trained on: the CLIP named in the checkpoint's
 fingerprint (its weight checksum must match), the same `r2.video` decode graph at the fingerprint's fps and frame
@@ -22,8 +29,9 @@ W is the longest training video, recorded in the checkpoint by the trainer (`tra
 `TRAINED_FRAMES[dataset]` (the longest training video of each benchmark, from its annotation files).
 
 Encoded videos are kept on disk (`FeatureCache`, least recently used out beyond a byte budget), keyed by the file's
-resolved path, size, modification time, the sampling rate and the checkpoint's feature fingerprint: a new query on
-the same video costs the text encoder and the model only.
+content (SHA-256, one read of the file: about a second per GB), the sampling rate and the checkpoint's feature
+fingerprint: a new query on the same video costs the text encoder and the model only, and a file replaced under the
+same name and dates is encoded again. A damaged entry is encoded again; a cache that cannot be written only warns.
 """
 from __future__ import annotations
 
@@ -744,7 +752,7 @@ def main(args: argparse.Namespace) -> int:
     for path in videos:
         try:
             written = _predict_one(args, predictor, path, taken)
-        except (R2Error, ValueError, FileNotFoundError) as err:
+        except (R2Error, ValueError, OSError) as err:  # OSError: an output that cannot be written
             print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
