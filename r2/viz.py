@@ -47,7 +47,7 @@ __all__ = ["EMBED_LIMIT_BYTES", "MOMENT_COLOURS", "ExportError", "export_moments
            "write_chapters", "write_html"]
 
 SVG_WIDTH, SVG_HEIGHT = 960, 170  # viewBox units of one curve
-_LEFT, _RIGHT, _TOP, _BOTTOM = 44, 8, 8, 24  # SVG plot margins: score labels left, time axis below
+_LEFT, _RIGHT, _TOP, _BOTTOM = 44, 20, 8, 24  # SVG plot margins: score labels left, time axis below
 # One colour per moment rank (matplotlib's tab10 without its blue, which draws the curve).
 MOMENT_COLOURS = ("#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
                   "#17becf")
