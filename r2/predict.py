@@ -277,8 +277,11 @@ class FeatureCache:
         return _EntryWriter(self, key)
 
     def evict(self, keep: str):
+        """Delete the least recently used entries beyond max_bytes (never `keep`) and the temporary files of
+        writers that died (their process is gone)."""
+        self._remove_orphans()
         entries = []  # (last used, key, bytes)
-        for meta_path in self.folder.glob("*.json"):
+        for meta_path in self.folder.glob("[!.]*.json"):
             with contextlib.suppress(OSError):  # an entry another process just removed
                 data = meta_path.with_suffix(".f16")
                 entries.append((meta_path.stat().st_mtime, meta_path.stem, data.stat().st_size if data.exists() else 0))
@@ -287,6 +290,24 @@ class FeatureCache:
             total += size
             if total > self.max_bytes and key != keep:
                 self.remove(key)
+
+
+    def _remove_orphans(self):
+        for tmp in self.folder.glob(".*.*.*"):  # .<key>.<pid>.f16 / .json of a writer
+            pid = tmp.name.split(".")[2]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 class _EntryWriter:
@@ -736,8 +757,19 @@ def _predict_one(args: argparse.Namespace, predictor: Predictor, path: Path, tak
     return written
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
-    """Exit code: 0 every video predicted; 1 some failed (each named on one line); 2 none (or a bad argument)."""
+    """Exit code: 0 every video predicted; 1 some failed (each named on one line); 2 none (or a bad argument).
+    Warnings are printed as one "warning: ..." line each."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         videos = video_files(args.video)
         _check_args(args, videos)

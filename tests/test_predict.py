@@ -267,6 +267,31 @@ def test_cache_write_failures_never_cost_the_prediction(demo, tiny, tmp_path, mo
     assert not list((tmp_path / "limited").iterdir())  # no partial entry left behind
 
 
+def test_cli_prints_a_cache_problem_as_one_warning_line(demo, tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(clip, "load_clip", lambda spec, device="cpu": tiny)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = demo["videos"] / f"{demo['cache'].videos[0]}.mp4"
+    args = _cli(demo, tmp_path / "out", "--video", str(path), "--query", "red", "--feature-cache", str(blocker))
+    assert predict.main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("warning:")] == [
+        f"warning: encoded-video cache: cannot write to {blocker} (File exists); the prediction goes on without it"]
+
+
+def test_temporary_files_of_dead_writers_are_removed(demo, tiny, tmp_path):
+    folder = tmp_path / "features"
+    folder.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan, live = folder / f".{'0' * 32}.{dead.pid}.f16", folder / f".{'1' * 32}.{os.getpid()}.f16"
+    orphan.write_bytes(b"x" * 100)
+    live.write_bytes(b"x" * 100)
+    cached = Predictor(demo["checkpoint"], clip=tiny, device="cpu", feature_cache=folder)
+    cached.predict(demo["videos"] / f"{demo['cache'].videos[0]}.mp4", "red")
+    assert not orphan.exists() and live.exists() and len(list(folder.glob("[!.]*.json"))) == 1
+
+
 # ----------------------------------------------------------------------------------------------- windows
 
 
