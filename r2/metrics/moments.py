@@ -10,13 +10,14 @@ Conventions kept from the official code (SPEC §8):
   prediction whose best free GT is below θ is a false positive. VOC all-point interpolated AP per query, mean over
   queries, then over thresholds for "mAP".
 - Length buckets short (0, 10], middle (10, 30], long (30, 150] (QVHighlights) or (30, inf) (vtg) keep only the GT
-  windows of that length and the queries with at least one; an empty bucket scores the full set, as vtg does.
+  windows of that length and the queries with at least one; an empty bucket scores the full set, as vtg does
+  (`empty_buckets` names them; `python -m r2.metrics` prints their keys as "n/a").
 - Every reported number is float(f"{100 * x:.2f}").
 Inputs are never mutated.
 """
 import numpy as np
 
-__all__ = ["eval_moments", "iou_cross", "iou_hull", "mr_ap", "mr_r1", "mr_r5"]
+__all__ = ["empty_buckets", "eval_moments", "iou_cross", "iou_hull", "mr_ap", "mr_r1", "mr_r5"]
 
 MAP_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
 R1_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.3, 0.95, 14))
