@@ -738,6 +738,10 @@ def _check_args(args: argparse.Namespace, videos: list[Path]):
                          f"is then its file name without extension")
     if args.embed_video and not args.html:
         raise ValueError("--embed-video is for the page: add --html")
+    if args.annotations and not args.annotations.is_file():
+        raise ValueError(f"--annotations {args.annotations}: file not found")
+    if any(not q.strip() for q in args.query):
+        raise ValueError("--query '': a query needs some text")
 
 
 def _predict_one(args: argparse.Namespace, predictor: Predictor, path: Path, taken: set[str]) -> list[Path]:

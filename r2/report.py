@@ -145,10 +145,25 @@ def run_row(run_dir: Path, label: str | None = None) -> dict:
     return row
 
 
+def read_rows(runs: list[tuple[str, Path]]) -> tuple[list[dict], list[str]]:
+    """`run_row` of each (label, folder); a run that cannot be read is a note naming its file instead."""
+    rows, notes = [], []
+    for label, folder in runs:
+        try:
+            rows.append(run_row(folder, label))
+        except ReportError as err:
+            notes.append(f"{label}: left out: {err}")
+    return rows, notes
+
+
 def build_table(runs: list[Path] | list[tuple[str, Path]]) -> pd.DataFrame:
     """Runs (folders, or (label, folder) pairs) grouped by dataset, each dataset's paper row (when published) after
     its runs."""
-    rows = [run_row(Path(r)) if isinstance(r, (str, Path)) else run_row(Path(r[1]), r[0]) for r in runs]
+    return table_of([run_row(Path(r)) if isinstance(r, (str, Path)) else run_row(Path(r[1]), r[0]) for r in runs])
+
+
+def table_of(rows: list[dict]) -> pd.DataFrame:
+    """Rows of `run_row` grouped by dataset, each dataset's paper row (when published) after its runs."""
     out = []
     for dataset, split in dict.fromkeys((r["dataset"], r["split"]) for r in rows):
         group = [r for r in rows if (r["dataset"], r["split"]) == (dataset, split)]
@@ -251,19 +266,27 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> pd.DataFrame:
     out = args.out or default_out(args.runs)
     runs, notes = find_runs(args.runs, skip=out)
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    if not runs:
+    rows, unreadable = read_rows(runs)
+    if not rows:
+        for note in notes + unreadable:
+            print(f"note: {note}", file=sys.stderr)
         raise ReportError(f"no run to report among {len(args.runs)} path(s): give run folders (with config.json "
-                          f"and metrics.json) or sweep folders")
-    table = build_table(runs)
+                          f"and metrics.json) or sweep folders" + (f"; {unreadable[0]}" if unreadable else ""))
+    table = table_of(rows)
     out.mkdir(parents=True, exist_ok=True)
     text = _markdown(table)
     (out / "report.md").write_text(text)
     table.to_csv(out / "report.csv", index=False, float_format="%.2f")
     written = [out / "report.md", out / "report.csv"]
-    if args.plot:
-        written += [plot_run(folder, out, label) for label, folder in runs]
+    reported = {row["run"] for row in rows}
+    for label, folder in runs:
+        if args.plot and label in reported:
+            try:
+                written.append(plot_run(folder, out, label))
+            except ReportError as err:
+                notes.append(f"{label}: no curves: {err}")
+    for note in notes + unreadable:
+        print(f"note: {note}", file=sys.stderr)
     print(text)
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return table

@@ -548,4 +548,10 @@ def test_cli_errors_are_one_line(demo, tiny, tmp_path, monkeypatch, capsys):
     args.query, args.top = ["q"], -1
     assert predict.main(args) == 2
     assert "--top -1: must be >= 0" in capsys.readouterr().err
+    args.top, args.query = 5, ["  "]
+    assert predict.main(args) == 2
+    assert "--query '': a query needs some text" in capsys.readouterr().err
+    args.query, args.annotations = ["q"], tmp_path / "gt.jsonl"
+    assert predict.main(args) == 2
+    assert f"--annotations {tmp_path / 'gt.jsonl'}: file not found" in capsys.readouterr().err
     assert r2.Predictor is Predictor

@@ -104,6 +104,18 @@ def test_report_reads_a_runs_folder_with_a_sweep_links_and_strays(tmp_path, monk
     assert (runs / "report" / "sweep-demo__01_lr=1e-3_curves.png").is_file()
 
 
+def test_one_unreadable_run_is_a_note_and_the_others_are_reported(tmp_path, capsys):
+    good, bad, no_log = _qvh(tmp_path / "good", 10.0), _qvh(tmp_path / "bad", 1.0), _qvh(tmp_path / "no_log", 5.0)
+    (bad / "config.json").write_text(json.dumps({"cache": "x.h5"}))  # no dataset
+    (no_log / "log.csv").unlink()
+    table = main(get_args_parser().parse_args([str(good), str(bad), str(no_log), "--plot"]))
+    err = capsys.readouterr().err
+    assert list(table["run"])[:2] == ["good", "no_log"]
+    assert f"note: bad: left out: {bad / 'config.json'}: field 'dataset' missing" in err
+    assert f"note: no_log: no curves: {no_log / 'log.csv'} not found" in err
+    assert (tmp_path / "report" / "good_curves.png").is_file()
+
+
 def _report_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "r2.report", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -122,7 +134,9 @@ def test_report_cli_errors_are_one_line_and_a_closed_pipe_is_quiet(tmp_path):
     broken = _qvh(tmp_path / "broken", 1.0)
     (broken / "metrics.json").write_text("{not json")
     proc = _report_cli(str(broken), cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {broken / 'metrics.json'}")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error: no run to report")
+    assert f"{broken / 'metrics.json'}: not readable JSON" in last
     assert "Traceback" not in proc.stderr
     proc = _report_cli(str(tmp_path / "nothing-here"), cwd=tmp_path)
     assert proc.returncode == 2 and "no run to report" in proc.stderr
