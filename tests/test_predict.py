@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 import resource
-import warnings
 import subprocess
 import sys
 from html.parser import HTMLParser
