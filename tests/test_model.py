@@ -226,3 +226,105 @@ def test_bad_inputs_fail_loudly():
         model(video, holes, query, query_mask)
     with pytest.raises(ValueError, match="query_mask"):
         model(video, video_mask, query, query_mask.float())
+
+
+# ----------------------------------------------------------------- the fast path is the plain path, rewritten
+
+
+def _run(model, batch, criterion, seed):
+    """Outputs, loss terms and every parameter's gradient of one forward/backward, random draws from `seed`."""
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    out = model(*batch[:4])
+    terms = criterion(out, batch[4])
+    terms["loss"].backward()
+    return out, {k: v.detach() for k, v in terms.items()}, {n: p.grad for n, p in model.named_parameters()}
+
+
+def _loss_batch(video, video_mask, query, query_mask, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b, t = video_mask.shape
+    n_frames = video_mask.sum(1)
+    saliency = torch.rand(b, t, generator=g) * video_mask
+    pos = torch.stack([torch.randint(0, int(n), (1,), generator=g)[0] for n in n_frames])
+    windows = [torch.tensor([[max(0.0, float(p) - 2), min(float(n), float(p) + 3)]]) for p, n in zip(pos, n_frames)]
+    return {"video_mask": video_mask, "saliency": saliency, "pos_frame": pos, "windows": windows}
+
+
+@pytest.mark.parametrize("dataset", ["qvhighlights", "tvsum"])
+@pytest.mark.parametrize("train", [False, True])
+def test_fast_path_matches_plain_path(dataset, train):
+    """Outputs, every loss term and every gradient of the fused/rewritten path equal the op-by-op path's (float32
+    rounding), at the reference's small dims; padded batch with garbage in the padding; train mode with dropout
+    0.5 / droppath 0.1 and the same seed (both paths draw the same masks in the same order)."""
+    from r2.losses import Criterion, loss_config_for
+
+    torch.manual_seed(0)
+    cfg = config_for(dataset, 64, 48, 50, 4)
+    cfg = R2Config(**{**cfg.__dict__, "hidden": 96, "dropout": 0.5 if train else 0.0,
+                      "droppath": 0.1 if train else 0.0})
+    model = R2Model(cfg).train(train)
+    with torch.no_grad():
+        model.block.scale.uniform_(-1.5, 1.5)
+        model.block.gate.uniform_(-1.5, 1.5)
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "coef" not in name:
+                p.add_(0.1 * torch.randn_like(p))
+    video, video_mask, query, query_mask = make_batch((20, 13, 20), (7, 4, 5), cfg=cfg, garbage=True)
+    batch = (video.half(), video_mask, query.half(), query_mask, _loss_batch(video, video_mask, query, query_mask))
+    criterion = Criterion(loss_config_for(dataset))
+    model.block.fast = False
+    plain = _run(model, batch, criterion, seed=7)
+    model.block.fast = True
+    fast = _run(model, batch, criterion, seed=7)
+    for key, ref in plain[0].items():
+        torch.testing.assert_close(fast[0][key], ref, atol=1e-5, rtol=1e-5, msg=key)
+    for key, ref in plain[1].items():
+        torch.testing.assert_close(fast[1][key], ref, atol=1e-7, rtol=1e-5, msg=key)
+    for name, ref in plain[2].items():
+        got = fast[2][name]
+        if ref is None:  # TVSum's unused boundary coefficient
+            assert got is None, name
+            continue
+        scale = max(ref.abs().max().item(), got.abs().max().item())
+        assert (got - ref).abs().max().item() <= max(1e-4 * scale, 1e-7), name
+
+
+def test_fast_path_under_bf16_autocast_is_as_close_to_fp32_as_the_plain_path():
+    model = tiny_model().train()
+    batch = make_batch((12, 7), (4, 2))
+    runs = {}
+    for name, fast, amp in (("fp32", False, False), ("plain", False, True), ("fast", True, True)):
+        model.block.fast = fast
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(*batch)
+        (out["saliency"].sum() + out["class_logits"].sum()).backward()
+        runs[name] = (out, model.block.video_map[2].weight.grad.clone(), model.block.video_map[0].weight.grad.clone())
+        model.zero_grad()
+    ref = runs["fp32"]
+    for key in ("saliency", "class_logits"):
+        err = {name: (runs[name][0][key] - ref[0][key]).abs().max().item() for name in ("plain", "fast")}
+        assert runs["fast"][0][key].dtype == torch.float32
+        assert err["fast"] <= 2 * err["plain"] + 1e-3, (key, err)
+    for i in (1, 2):  # the fused Linear's weight and LayerNorm weight gradients
+        err = {name: (runs[name][i] - ref[i]).norm().item() for name in ("plain", "fast")}
+        assert err["fast"] <= 2 * err["plain"] + 1e-3 * ref[i].norm().item(), err
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_keep_mask_is_inverted_dropout(p):
+    from r2.model.block import keep_mask
+
+    torch.manual_seed(0)
+    mask = keep_mask((64, 50, 77), p)
+    keep = 1 - p
+    values = mask.unique()
+    assert values.tolist() == [0.0, pytest.approx(1 / keep)] and values[1] == torch.tensor(1 / keep)
+    frac = (mask > 0).float().mean().item()
+    assert abs(frac - keep) < 4 * math.sqrt(keep * p / mask.numel())
+    for dim in range(3):  # no structure along any axis (the bit layout is spread over the flat index)
+        per_slice = (mask > 0).float().mean(dim=[d for d in range(3) if d != dim])
+        assert (per_slice - keep).abs().max() < 0.05
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((64, 50, 77), p), mask)
