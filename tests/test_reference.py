@@ -21,9 +21,7 @@ from r2.official import to_r2_state_dict
 from r2.targets import clean_windows, point_targets
 
 REFERENCE = Path(os.environ.get("R2_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
-if not REFERENCE.is_dir():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"golden files not found at {REFERENCE}: CI must run the reference tests")
+if not REFERENCE.is_dir():  # a skip on a user's machine; in CI (tests/conftest.py) a skip is a failure
     pytest.skip(f"the authors' golden files are not at {REFERENCE}: set R2_REFERENCE to the folder holding "
                 f"official_qvh_vitb32.pth and the official_*_case.pt files", allow_module_level=True)
 
