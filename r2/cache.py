@@ -46,6 +46,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from r2.errors import R2Error
 FORMAT = "r2-cache"
 VERSION = 1
 FEATURE_DTYPE = np.float16
+SEGMENT_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.(\d{3})\.h5")  # shard i, shard count n, segment number
 
 
 class CacheError(R2Error):
@@ -92,13 +94,21 @@ def fingerprint_diff(a: dict, b: dict) -> str:
     return "; ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
 
 
+def settings_diff(cached: dict, asked: dict) -> str:
+    """The fields where a cache's fingerprint differs from this run's, each side named."""
+    keys = sorted(set(cached) | set(asked))
+    return "; ".join(f"{k}: cache {cached.get(k)!r}, this run {asked.get(k)!r}" for k in keys
+                     if cached.get(k) != asked.get(k))
+
+
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-def describe_oserror(e: OSError) -> str:
+def describe_oserror(e: Exception) -> str:
     """One line naming an OSError's real cause and what to do: a full disk or file size limit, a permission, a
-    missing folder, a name too long for the file system, or the error as the system gave it."""
-    code = e.errno if isinstance(e.errno, int) else _errno_in_text(str(e))
+    missing folder, a name too long for the file system, or the error as the system gave it. Also takes the
+    RuntimeError h5py raises for a failed flush (its errno is only in the text)."""
+    code = e.errno if isinstance(getattr(e, "errno", None), int) else _errno_in_text(str(e))
     text = " ".join(str(e).split())[:300]
     if code in _FULL:
         return f"{text}: disk full or file size limit; free space (or raise the limit) and re-run to resume"
@@ -130,13 +140,7 @@ def write_entry(entry: Path, *, dataset: str, fingerprint: dict, dims: dict, ann
     another fingerprint is refused: mixing features from two settings in one cache would silently corrupt it.
     """
     entry = Path(entry)
-    if entry.exists():
-        old = open_entry_attrs(entry)
-        if old["fingerprint"] != fingerprint:
-            raise CacheError(
-                f"{entry} was extracted with other settings ({fingerprint_diff(old['fingerprint'], fingerprint)}); "
-                f"pass --out for a new cache, or delete {entry} and {parts_dir(entry)} to start over"
-            )
+    _check_entry(entry, fingerprint)
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     with h5py.File(tmp, "w") as f:
@@ -153,26 +157,70 @@ def write_entry(entry: Path, *, dataset: str, fingerprint: dict, dims: dict, ann
     os.replace(tmp, entry)
 
 
+def _check_entry(entry: Path, fingerprint: dict):
+    """An existing entry made with other settings is refused; a damaged one (it holds metadata and annotations
+    only, the features are in the parts) may be rewritten."""
+    if not entry.exists():
+        return
+    try:
+        old = open_entry_attrs(entry)
+    except CacheError:
+        return
+    if old["fingerprint"] != fingerprint:
+        raise CacheError(f"{entry} was extracted with other settings ({settings_diff(old['fingerprint'], fingerprint)})"
+                         f"; re-run with the cache's settings, or pass --out for a new cache (deleting {entry} and "
+                         f"{parts_dir(entry)} discards its features)")
+
+
+def check_before_writing(entry: Path, fingerprint: dict, dims: dict, shard: tuple[int, int]):
+    """Refuse, before anything is written, an extraction that the cache at `entry` cannot take: an entry or any
+    segment (of any shard) made with other settings, a damaged segment, or segments of another shard count (each
+    count splits the videos differently: mixing them extracts videos twice)."""
+    entry = Path(entry)
+    _check_entry(entry, fingerprint)
+    folder = parts_dir(entry)
+    counts: dict[int, list[str]] = {}
+    for path in sorted(folder.glob("shard-*.h5")) if folder.is_dir() else []:
+        match = SEGMENT_RE.fullmatch(path.name)
+        if match is None:
+            raise CacheError(f"{path}: not a segment name (shard-IIIII-of-NNNNN.SSS.h5); readers glob shard-*.h5, so "
+                             f"move it out of {folder}")
+        index = read_segment_index(path)
+        _check_segment(path, index.fingerprint, index.dims, fingerprint, dims)
+        counts.setdefault(int(match[2]), []).append(path.name)
+    other = {n: names for n, names in counts.items() if n != shard[1]}
+    if other:
+        n, names = next(iter(other.items()))
+        raise CacheError(f"{folder} holds shards of {n} ({names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''}"
+                         f"), not of {shard[1]}: run with --shard I/{n} (one process per I), or pass --out for a new "
+                         f"cache")
+
+
 def open_entry_attrs(entry: Path) -> dict:
     """Read and check the entry file's attributes; a clear error for anything that is not an r2 cache."""
     entry = Path(entry)
     if not entry.is_file():
         raise CacheError(f"{entry}: no such cache; make one with `python extract/run.py --dataset NAME` first")
+    rebuild = (f"rebuild it: re-run the extraction command that made it (it rewrites a damaged entry), or "
+               f"`python extract/merge.py --out {entry} --dataset NAME` (the features in {parts_dir(entry)} are kept)")
     try:
         with h5py.File(entry, "r") as f:
             attrs = dict(f.attrs)
     except OSError as e:
-        raise CacheError(f"{entry}: not a readable HDF5 file ({e}); re-run extraction to rebuild it") from None
+        raise CacheError(f"{entry}: not a readable HDF5 file ({' '.join(str(e).split())[:200]}); {rebuild}") from None
     if attrs.get("format") != FORMAT:
         raise CacheError(f"{entry}: not an r2 cache (no format={FORMAT!r} attribute)")
-    if int(attrs["version"]) != VERSION:
-        raise CacheError(f"{entry}: cache format version {attrs['version']}, this r2 reads version {VERSION}")
-    return {
-        "dataset": str(attrs["dataset"]),
-        "fingerprint": json.loads(attrs["fingerprint"]),
-        "dims": json.loads(attrs["dims"]),
-        "splits": json.loads(attrs["splits"]),
-    }
+    try:
+        if int(attrs["version"]) != VERSION:
+            raise CacheError(f"{entry}: cache format version {attrs['version']}, this r2 reads version {VERSION}")
+        return {
+            "dataset": str(attrs["dataset"]),
+            "fingerprint": json.loads(attrs["fingerprint"]),
+            "dims": json.loads(attrs["dims"]),
+            "splits": json.loads(attrs["splits"]),
+        }
+    except (KeyError, ValueError, TypeError) as e:
+        raise CacheError(f"{entry}: damaged entry (attribute {e} missing or unreadable); {rebuild}") from None
 
 
 class ShardLockedError(CacheError):
@@ -216,6 +264,7 @@ class ShardWriter:
             # raised before the index row that would expose the unwritten rows.
             self._ds = {name: self.file[name] for name in _DATASETS}
             self._broken: str | None = None
+            self._logged: set[str] | None = None  # failures.jsonl lines, read on the first failure
         except BaseException:
             self._lock.close()
             raise
@@ -258,8 +307,7 @@ class ShardWriter:
             except (OSError, RuntimeError):
                 pass
             tmp.unlink(missing_ok=True)
-            raise CacheWriteError(f"cannot create {path} ({' '.join(str(e).split())[:200]}): disk full or file "
-                                  f"size limit? Nothing of this shard was lost; free space and re-run") from None
+            raise CacheWriteError(f"cannot create {path} ({describe_oserror(e)}); nothing of this shard was lost") from None
         f.close()
         os.replace(tmp, path)  # the segment appears under its final name only once its structure is complete
         f = h5py.File(path, "r+", libver="latest")
@@ -311,20 +359,22 @@ class ShardWriter:
                                   f"ShardWriter to resume")
 
     def _write_failed(self, what: str, error: Exception) -> CacheWriteError:
-        reason = " ".join(str(error).split())
-        errno_text = next((m for m in ("No space left on device", "File too large", "Disk quota exceeded")
-                           if m.lower() in reason.lower()), None)
-        self._broken = errno_text or reason[:200]
-        cause = f"disk full / file size limit ({errno_text})" if errno_text else f"write error ({reason[:200]})"
-        return CacheWriteError(f"{cause} while writing {what} to {self.file.filename}: the {len(self.videos)} videos "
-                               f"and {len(self.queries)} query texts committed in this shard are intact; free space "
-                               f"and re-run the same command to resume")
+        self._broken = describe_oserror(error)
+        return CacheWriteError(f"cannot write {what} to {self.file.filename} ({self._broken}); the {len(self.videos)} "
+                               f"videos and {len(self.queries)} query texts committed in this shard are intact")
 
     def failed(self, record: dict):
-        """Append one failure line (video id, file, error) to the cache's failures file."""
+        """Append one failure line (video id, file, error) to the cache's failures file, unless the same failure is
+        already logged (a re-run retries failed videos; it does not repeat their lines)."""
         line = json.dumps({"shard": f"{self.shard[0]}/{self.shard[1]}", **record}, ensure_ascii=False)
-        with open(self.dir / "failures.jsonl", "a", encoding="utf-8") as out:
+        path = self.dir / "failures.jsonl"
+        if self._logged is None:
+            self._logged = set(path.read_text(encoding="utf-8").splitlines()) if path.exists() else set()
+        if line in self._logged:
+            return
+        with open(path, "a", encoding="utf-8") as out:
             out.write(line + "\n")
+        self._logged.add(line)
 
     def close(self):
         try:
@@ -407,8 +457,9 @@ def _truncate_to_committed(f: h5py.File):
 
 def _check_segment(path: Path, fp: dict, dims: dict, want_fp: dict, want_dims: dict):
     if fp != want_fp:
-        raise CacheError(f"{path} holds features made with other settings ({fingerprint_diff(fp, want_fp)}); "
-                         f"pass --out for a new cache, or delete {path.parent} to start over")
+        raise CacheError(f"{path} holds features made with other settings ({settings_diff(fp, want_fp)}); re-run "
+                         f"with the cache's settings, or pass --out for a new cache (deleting {path.parent} "
+                         f"discards its features)")
     if dims != want_dims:
         raise CacheError(f"{path}: dims {dims} differ from {want_dims}")
 
@@ -475,14 +526,15 @@ def _hdf5_function(name: str):
 def open_segment(path: Path, attempts: int = 20) -> h5py.File:
     """Open a segment for reading, failing fast (never sleeping in HDF5's retries) on a damaged file.
 
-    A segment closed cleanly is opened in plain read mode: HDF5 checks its size against the stored end of file, so a
-    truncated file is an error at once. Only a segment whose writer is running or was killed (status flags set) is
-    read in SWMR mode, with bounded metadata retries. A writer holds an exclusive lock for the moment between
-    reopening a segment and switching to SWMR: retry briefly."""
+    A segment closed cleanly and as long as its stored end of file is opened in plain read mode (HDF5 verifies
+    every metadata checksum once). Any other (a writer running or killed: status flags set; or space allocated
+    but never written, as after a full disk) is read in SWMR mode with bounded metadata retries, and its committed
+    chunks are then checked against the file size (`size_needed`). A writer holds an exclusive lock for the moment
+    between reopening a segment and switching to SWMR: retry briefly."""
     for attempt in range(attempts):
-        flags, _ = _superblock(path)
+        flags, stored_eof = _superblock(path)
         try:
-            if flags == 0:
+            if flags == 0 and _file_size(path) >= stored_eof:
                 return h5py.File(path, "r", libver="latest")
             fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=_swmr_access())
             return h5py.File(fid)
@@ -505,23 +557,26 @@ def _committed_end(f: h5py.File, name: str, rows: int) -> int:
 
 
 def size_needed(path: Path, f: h5py.File, video_rows: int, query_rows: int) -> int:
-    """Bytes a segment must hold for its committed rows to be on disk: the stored end of file of a cleanly closed
-    segment, else the end of the last committed feature chunks; never less than the committed feature bytes."""
-    flags, stored_eof = _superblock(path)
+    """Bytes a segment must hold for its committed rows to be on disk: the stored end of file of a segment opened
+    plain, else the end of the last committed feature chunks; never less than the committed feature bytes."""
     feature_bytes = sum(n * int(np.prod(f[name].shape[1:])) * f[name].dtype.itemsize
                         for name, n in (("video_feats", video_rows), ("query_feats", query_rows)))
-    if flags == 0:
-        return max(stored_eof, feature_bytes)
+    if not f.swmr_mode:  # opened plain: the whole file up to its stored end of file was there
+        return max(_superblock(path)[1], feature_bytes)
     return max(feature_bytes, _committed_end(f, "video_feats", video_rows), _committed_end(f, "query_feats", query_rows))
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        raise CacheError(f"{path}: cannot read this cache segment ({describe_oserror(e)})") from None
 
 
 def check_size(path: Path, needed: int):
     """A segment smaller than its committed content was truncated (a copy cut short, a damaged disk): its missing
     rows would read back as zeros, so it is an error naming the file."""
-    try:
-        size = os.stat(path).st_size
-    except OSError as e:
-        raise CacheError(f"{path}: cannot read this cache segment ({describe_oserror(e)})") from None
+    size = _file_size(path)
     if size < needed:
         raise CacheError(f"{path} is truncated or damaged: its index commits {needed} bytes but the file holds {size}; "
                          f"delete it and re-run extraction for its shard (python -m r2.cache verify names the shard)")

@@ -80,8 +80,14 @@ class GroundingDataset(Dataset):
         records = [datasets.Record.from_json(d) for d in cache.records(split)]
         usable = [r for r in records if cache.has_video(r.vid) and cache.has_query(r.query)]
         self.missing = len(records) - len(usable)
-        if train:
-            usable = [r for r in usable if cache.video_info(r.vid)[0] >= MIN_TRAIN_SECONDS]
+        long_enough = [r for r in usable if not train or cache.video_info(r.vid)[0] >= MIN_TRAIN_SECONDS]
+        self.short = len(usable) - len(long_enough)  # records SPEC §4 drops from training: say so, not silently
+        if self.short:
+            r = next(r for r in usable if cache.video_info(r.vid)[0] < MIN_TRAIN_SECONDS)
+            warnings.warn(f"{cache.entry} split {split!r}: {self.short} of {len(usable)} records left out of "
+                          f"training: their videos are shorter than {MIN_TRAIN_SECONDS:g} s (SPEC §4), e.g. "
+                          f"{r.vid!r} ({cache.video_info(r.vid)[0]:g} s)")
+        usable = long_enough
         self.records, self.unusable = [], []
         for r in usable:  # e.g. a truncated video kept with fewer frames than its annotated clips
             try:

@@ -16,16 +16,15 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from r2.targets import clean_windows
-
 __all__ = [
-    "DATASETS", "DatasetInfo", "Record", "TVSUM_SPLITS", "YOUTUBE_SPLITS", "VIDEO_EXTENSIONS",
-    "data_root", "dataset_info", "load_split", "saliency_target", "video_file",
+    "DATASETS", "ClipScores", "DatasetInfo", "Record", "TVSUM_SPLITS", "YOUTUBE_SPLITS", "VIDEO_EXTENSIONS",
+    "data_root", "dataset_info", "duration_mismatch", "load_split", "saliency_target", "video_file",
 ]
 
 DATASETS: tuple[str, ...] = ("qvhighlights", "charades", "tacos", "ego4d", "youtube", "tvsum", "demo", "custom")
@@ -127,7 +126,8 @@ class Record:
     duration: float                      # seconds
     fps: float                           # frames sampled per second for this video
     windows: list[list[float]]           # [[start, end], ...] seconds, as in the file
-    clip_scores: list[list[float]] | None  # (num_clips, annotators) raw scores, one row per 1/fps-second clip
+    clip_scores: "list[list[float]] | ClipScores | None"  # (num_clips, annotators) raw scores, one row per
+    #                                                        1/fps-second clip (ClipScores: listed clips only)
     domain: str | None = None            # YouTube / TVSum domain
 
     def to_json(self) -> dict:
@@ -137,7 +137,11 @@ class Record:
              "relevant_windows": [list(w) for w in self.windows], "fps": self.fps}
         if self.domain is not None:
             d["domain"] = self.domain
-        if self.clip_scores is not None:
+        if isinstance(self.clip_scores, ClipScores):
+            d["relevant_clip_ids"] = list(self.clip_scores.rows)
+            d["saliency_scores"] = [list(row) for row in self.clip_scores.rows.values()]
+            d["num_clips"] = len(self.clip_scores)
+        elif self.clip_scores is not None:
             n = len(self.clip_scores)
             if self.windows:
                 covered = {k for s, e in self.windows for k in range(max(0, int(s * self.fps)),
@@ -157,6 +161,45 @@ class Record:
             raise ValueError(f"{source}: field 'fps' missing: records written by Record.to_json carry it")
         fps = _number(d, "fps", source, positive=True)
         return _parse_grounding(d, source, fps, require_windows=False)
+
+
+class ClipScores(Sequence):
+    """(num_clips, annotators) saliency scores held sparsely: the listed clips' rows, zeros elsewhere.
+
+    num_clips comes from the annotated duration, which can be far larger than the video (a typo: 1e12 s), so
+    nothing here is sized by it: memory follows the file's listed rows, and `saliency_target` reads only as many
+    clips as the video has frames."""
+
+    def __init__(self, num_clips: int, rows: dict[int, list[float]]):
+        self.num_clips = num_clips
+        self.rows = dict(sorted(rows.items()))  # clip id -> one score per annotator
+        self.width = len(next(iter(self.rows.values())))
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def __getitem__(self, k: int) -> list[float]:
+        if not isinstance(k, int) or not -self.num_clips <= k < self.num_clips:
+            raise IndexError(f"clip {k!r} outside 0..{self.num_clips - 1}")
+        return list(self.rows.get(k % self.num_clips, [0.0] * self.width))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, ClipScores):
+            return (self.num_clips, self.rows) == (other.num_clips, other.rows)
+        if isinstance(other, list):  # the dense form (YouTube / TVSum loaders): as long as this is
+            return len(other) == self.num_clips and all(self[k] == list(row) for k, row in enumerate(other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"ClipScores(num_clips={self.num_clips}, rows={self.rows!r})"
+
+    def dense(self, n: int) -> np.ndarray:
+        """The first min(n, num_clips) clips' rows, float64 (clips, annotators)."""
+        out = np.zeros((min(n, self.num_clips), self.width))
+        for k, row in self.rows.items():
+            if k < len(out):
+                out[k] = row
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -202,7 +245,7 @@ def _windows(d: dict, source: str, required: bool) -> list[list[float]]:
     return w
 
 
-def _clip_scores(d: dict, source: str, fps: float, duration: float) -> list[list[float]] | None:
+def _clip_scores(d: dict, source: str, fps: float, duration: float) -> ClipScores | None:
     ids, scores = d.get("relevant_clip_ids"), d.get("saliency_scores")
     if ids is None and scores is None:
         return None
@@ -210,8 +253,10 @@ def _clip_scores(d: dict, source: str, fps: float, duration: float) -> list[list
         raise ValueError(f"{source}: fields 'relevant_clip_ids' and 'saliency_scores' must be non-empty lists of "
                          f"equal length (one score row per listed clip)")
     n = d["num_clips"] if "num_clips" in d else int(duration * fps)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{source}: field 'num_clips' = {n!r} must be a whole number >= 1")
     width = len(scores[0]) if isinstance(scores[0], list) else -1
-    rows = [[0.0] * width for _ in range(n)] if width > 0 else []
+    rows = {}
     for k, row in zip(ids, scores):
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
             raise ValueError(f"{source}: field 'relevant_clip_ids' has {k!r}, outside the video's {n} clips "
@@ -222,7 +267,7 @@ def _clip_scores(d: dict, source: str, fps: float, duration: float) -> list[list
             raise ValueError(f"{source}: field 'saliency_scores' row {row!r} must hold one finite number per "
                              f"annotator, {width} in every row")
         rows[k] = list(row)
-    return rows
+    return ClipScores(n, rows)
 
 
 def _parse_grounding(d: dict, source: str, fps: float, require_windows: bool = True) -> Record:
@@ -396,6 +441,8 @@ def saliency_target(info_or_name: DatasetInfo | str, record: Record, n_frames: i
     info = dataset_info(info_or_name) if isinstance(info_or_name, str) else info_or_name
     kind = info.saliency
     if kind == "windows" or (kind == "qvhighlights" and record.clip_scores is None):  # custom sets may lack scores
+        from r2.targets import clean_windows  # here, not at the top: reading annotations needs no torch
+
         w = clean_windows(record.windows, n_frames, record.fps)  # (N, 2) frames
         target = np.zeros(n_frames, dtype=np.float32)
         for s, e in w.tolist():
@@ -403,26 +450,47 @@ def saliency_target(info_or_name: DatasetInfo | str, record: Record, n_frames: i
         return target
     if record.clip_scores is None:
         raise ValueError(f"{info.name} video {record.vid!r} (qid {record.qid!r}) has no clip saliency scores")
-    scores = np.asarray(record.clip_scores, dtype=np.float64)  # (num_clips, annotators)
+    n_clips = len(record.clip_scores)
+    if abs(n_clips - n_frames) >= 5 and kind != "youtube":
+        raise ValueError(f"{info.name} video {record.vid!r} (qid {record.qid!r}): {n_frames} frames but {n_clips} "
+                         f"annotated clips (duration {record.duration} s at {record.fps} fps); fix the duration, or "
+                         f"re-extract at {record.fps} fps")
+    scores = _score_matrix(record.clip_scores, n_frames)  # (min(num_clips, n_frames), annotators)
     a = scores.shape[1]
     if kind == "qvhighlights":
         per_clip = scores.sum(axis=1) / (4.0 * a)
     elif kind == "tvsum":
         per_clip = (scores.sum(axis=1) - a) / (4.0 * a)
     elif kind == "youtube":
-        if len(scores) != n_frames:
-            raise ValueError(f"youtube video {record.vid!r}: {n_frames} frames but {len(scores)} annotated clips; "
+        if n_clips != n_frames:
+            raise ValueError(f"youtube video {record.vid!r}: {n_frames} frames but {n_clips} annotated clips; "
                              f"extract one frame per clip (fps = clips / duration)")
         return ((scores[:, 0] + 1) / 2).astype(np.float32)
     else:
         raise ValueError(f"dataset {info.name!r}: unknown saliency kind {kind!r}")
-    if abs(len(per_clip) - n_frames) >= 5:
-        raise ValueError(f"{info.name} video {record.vid!r} (qid {record.qid!r}): {n_frames} frames but "
-                         f"{len(per_clip)} annotated clips; re-extract at {record.fps} fps")
     target = np.zeros(n_frames, dtype=np.float32)
     m = min(n_frames, len(per_clip))
     target[:m] = per_clip[:m]
     return target
+
+
+def _score_matrix(scores: "list[list[float]] | ClipScores", n: int) -> np.ndarray:
+    """The first n clips' score rows, float64 (clips, annotators): work bounded by the video, not the annotation."""
+    if isinstance(scores, ClipScores):
+        return scores.dense(n)
+    return np.asarray(scores[:n], dtype=np.float64)
+
+
+DURATION_TOLERANCE = 0.1  # annotated vs decoded duration: more than 10 % (and two sample periods) apart is reported
+
+
+def duration_mismatch(annotated: float, decoded: float, n_frames: int, fps: float) -> str | None:
+    """A sentence when a record's duration and its decoded video disagree beyond the tolerance, else None."""
+    if abs(annotated - decoded) <= max(2.0 / fps, DURATION_TOLERANCE * max(annotated, decoded)):
+        return None
+    return (f"annotated as {annotated:g} s but the file decodes to {decoded:g} s ({n_frames} frames at {fps:g} fps): "
+            f"training clamps windows to the decoded frames (past the end: the last frame) and evaluation uses the "
+            f"annotated {annotated:g} s; fix the duration in the annotation file, or the video")
 
 
 def video_file(name: str, vid: str, videos_dir: Path) -> Path:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from r2 import cache, clip, datasets, video
+from r2.errors import R2Error
 
 DEMO_DIR = "demo"  # under the cache folder: the generated demo videos and their jsonl
 
@@ -29,9 +32,48 @@ class ExtractConfig:
     shard: tuple[int, int] = (0, 1)  # (i, n): this process extracts the i-th of n disjoint parts
     batch_size: int = 64  # frames per CLIP forward
     device: str = "auto"  # where CLIP runs: auto (a GPU when there is one), cpu, cuda, cuda:N
-    bf16: bool = False  # run CLIP under bfloat16 autocast (about 2x faster on CPU; changes the fingerprint)
+    bf16: bool = False  # CLIP under bfloat16 autocast (faster only with bf16 units; changes the fingerprint)
     demo_videos: int = 300  # size of the generated demo dataset
     progress: bool = True
+
+    def __post_init__(self):
+        """Every numeric and enumerated field is checked when the config is built, so a bad flag is a one-line
+        error before a model is loaded or a file written (a batch size of -1 once returned unwritten memory)."""
+        if self.dataset not in datasets.DATASETS:
+            raise ExtractConfigError(f"--dataset {self.dataset!r}: one of {', '.join(datasets.DATASETS)}")
+        _check_count("--batch-size", self.batch_size)
+        _check_count("--demo-videos", self.demo_videos)
+        fps = self.fps
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps)
+                                or fps <= 0):
+            raise ExtractConfigError(f"--fps {fps!r}: must be a positive number of frames per second, e.g. 0.5")
+        i, n = self.shard
+        if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
+            raise ExtractConfigError(f"--shard {i}/{n}: need whole numbers with 0 <= I < N, e.g. 0/4")
+        self.device = _check_device(self.device)
+
+
+class ExtractConfigError(R2Error, ValueError):
+    """A bad extraction setting (a flag out of range); the message names the flag and what it accepts."""
+
+
+def _check_count(flag: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExtractConfigError(f"{flag} {value!r}: must be a whole number >= 1")
+
+
+def _check_device(device: str) -> str:
+    """'auto' becomes a GPU when there is one, else the CPU; 'cuda' / 'cuda:N' must name a visible GPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", str(device))
+    if match is None:
+        raise ExtractConfigError(f"--device {device!r}: one of auto, cpu, cuda, cuda:N")
+    if device != "cpu":
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(match[1] or 0) >= visible:
+            raise ExtractConfigError(f"--device {device}: {visible} CUDA GPUs visible; use --device cpu or auto")
+    return device
 
 
 @dataclass
@@ -44,9 +86,12 @@ class Summary:
     bytes: int = 0  # feature bytes written by this run
     seconds: float = 0.0
 
+    duration_warnings: int = 0  # videos whose decoded duration is far from the annotated one
+
     def line(self) -> str:
+        warned = f" | {self.duration_warnings} duration mismatches" if self.duration_warnings else ""
         return (f"videos: {self.done} done, {self.skipped} skipped, {self.failed} failed | frames: {self.frames} | "
-                f"queries: {self.queries} | {self.bytes / 1e9:.3f} GB written | {self.seconds:.1f} s")
+                f"queries: {self.queries} | {self.bytes / 1e9:.3f} GB written | {self.seconds:.1f} s{warned}")
 
 
 def ffmpeg_version() -> str:
@@ -111,17 +156,20 @@ def shard_items(items, shard: tuple[int, int]) -> list[str]:
 
 
 def extract(cfg: ExtractConfig) -> Summary:
-    """Extract this shard's videos and query texts into the cache; safe to re-run (finished work is skipped)."""
+    """Extract this shard's videos and query texts into the cache; safe to re-run (finished work is skipped).
+    Every check (settings, annotations, the cache's fingerprint and shard count) passes before anything is
+    written to the cache."""
     start = time.time()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model = clip.load_clip(cfg.clip, device)  # first: a missing checkpoint fails before any other work
+    model = clip.load_clip(cfg.clip, cfg.device)  # first: a missing checkpoint fails before any other work
     layers = clip.parse_layers(cfg.layers, model.vision_layers)
     splits = load_annotations(cfg)
     records = [r for rs in splits.values() for r in rs]
     folder = videos_dir(cfg)
     fps_of: dict[str, float] = {}
+    durations: dict[str, set[float]] = {}
     for r in records:
         fps_of.setdefault(r.vid, r.fps)
+        durations.setdefault(r.vid, set()).add(r.duration)
     vids = shard_items(fps_of, cfg.shard)
     texts = shard_items({r.query for r in records}, cfg.shard)
 
@@ -129,58 +177,89 @@ def extract(cfg: ExtractConfig) -> Summary:
     fp = fingerprint(model, layers, rates[0] if len(rates) == 1 else "per-video", cfg.bf16)
     dims = {"video_dim": model.vision_width, "query_dim": model.text_width, "tokens": model.tokens,
             "layers": layers}
+    cache.check_before_writing(cfg.out, fp, dims, cfg.shard)
     summary = Summary()
     try:
-        cache.write_entry(cfg.out, dataset=cfg.dataset, fingerprint=fp, dims=dims,
-                          annotations={split: [r.to_json() for r in rs] for split, rs in splits.items()})
-        _extract_shard(cfg, model, layers, fp, dims, vids, texts, fps_of, folder, summary)
-    except OSError as e:  # the entry, a segment, the lock or failures.jsonl could not be written
-        raise cache.CacheError(
-            f"cannot write the cache {cfg.out} ({type(e).__name__}: {' '.join(str(e).split())[:300]}): disk full or "
-            f"file size limit? The {summary.done + summary.skipped} videos committed in this shard are intact; free "
-            f"space and re-run the same command to resume") from None
+        with cache.ShardWriter(cfg.out, shard=cfg.shard, fingerprint=fp, dims=dims) as writer:
+            cache.write_entry(cfg.out, dataset=cfg.dataset, fingerprint=fp, dims=dims,
+                              annotations={split: [r.to_json() for r in rs] for split, rs in splits.items()})
+            job = _Job(cfg, model, layers, writer, fps_of, durations, folder, summary)
+            job.texts(texts)
+            job.videos(vids)
+    except OSError as e:  # the entry, the lock or failures.jsonl could not be written
+        kept = summary.done + summary.skipped
+        raise cache.CacheError(f"cannot write the cache {cfg.out} ({cache.describe_oserror(e)})"
+                               + (f"; the {kept} videos committed in this shard are intact" if kept else "")) from None
     summary.seconds = time.time() - start
     return summary
 
 
-def _extract_shard(cfg: ExtractConfig, model: clip.Clip, layers: list[int], fp: dict, dims: dict, vids: list[str],
-                   texts: list[str], fps_of: dict[str, float], folder: Path, summary: Summary):
-    """Encode this shard's query texts, then its videos, appending each to the shard's segment as it is done."""
-    with cache.ShardWriter(cfg.out, shard=cfg.shard, fingerprint=fp, dims=dims) as writer, torch.inference_mode():
-        todo_texts = [t for t in texts if t not in writer.queries]
-        for chunk in range(0, len(todo_texts), 1024):
-            batch = todo_texts[chunk:chunk + 1024]
-            for text, feats in zip(batch, clip.encode_texts(model, batch, layers, bf16=cfg.bf16)):
-                writer.add_query(text, feats.cpu().numpy())
-                summary.bytes += feats.numel() * 2
-        summary.queries = len(todo_texts)
+@dataclass
+class _Job:
+    """One shard's extraction: query texts, then videos, each appended to the shard's segment as it is done."""
+    cfg: ExtractConfig
+    model: clip.Clip
+    layers: list[int]
+    writer: cache.ShardWriter
+    fps_of: dict[str, float]  # vid -> sampling rate
+    durations: dict[str, set[float]]  # vid -> the durations its records annotate
+    folder: Path  # the videos folder
+    summary: Summary
 
-        todo = [v for v in vids if v not in writer.videos]
-        summary.skipped = len(vids) - len(todo)
-        bar = tqdm(total=len(todo), unit="video", disable=not cfg.progress, desc=f"extract {Path(cfg.out).stem}")
+    def texts(self, texts: list[str]):
+        todo = [t for t in texts if t not in self.writer.queries]
+        for chunk in range(0, len(todo), 1024):
+            batch = todo[chunk:chunk + 1024]
+            for text, feats in zip(batch, clip.encode_texts(self.model, batch, self.layers, bf16=self.cfg.bf16)):
+                self.writer.add_query(text, feats.cpu().numpy())
+                self.summary.bytes += feats.numel() * 2
+        self.summary.queries = len(todo)
 
-        def decode(vid: str) -> video.Frames:
-            return video.decode(datasets.video_file(cfg.dataset, vid, folder), fps_of[vid], size=model.image_size)
+    def _decode(self, vid: str) -> video.Frames:
+        path = datasets.video_file(self.cfg.dataset, vid, self.folder)
+        return video.decode(path, self.fps_of[vid], size=self.model.image_size)
 
-        for vid, result in video.prefetch(todo, decode, depth=2):
-            try:
-                if isinstance(result, BaseException):
-                    raise result
-                feats = clip.encode_frames(model, result.frames, layers, batch_size=cfg.batch_size, bf16=cfg.bf16)
-                feats = feats.to(torch.float16).cpu().numpy()  # (T, K, P+1, Dv)
-                writer.add_video(vid, feats, result.times, result.duration, result.fps)
-            except (video.VideoDecodeError, FileNotFoundError, ValueError) as e:
-                summary.failed += 1
-                writer.failed({"vid": vid, "error": f"{type(e).__name__}: {e}"})
-                tqdm.write(f"skipped {vid!r}: {e}")
-            else:
-                summary.done += 1
-                summary.frames += len(feats)
-                summary.bytes += feats.nbytes
-            bar.update()
-            elapsed = max(bar.format_dict["elapsed"], 1e-9)
-            bar.set_postfix(frames_per_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed)
+    def videos(self, vids: list[str]):
+        todo = [v for v in vids if v not in self.writer.videos]
+        self.summary.skipped = len(vids) - len(todo)
+        bar = tqdm(total=len(todo), unit="video", disable=not self.cfg.progress,
+                   desc=f"extract {Path(self.cfg.out).stem}")
+        with torch.inference_mode():
+            for vid, result in video.prefetch(todo, self._decode, depth=2):
+                self._one_video(vid, result)
+                bar.update()
+                elapsed = max(bar.format_dict["elapsed"], 1e-9)
+                bar.set_postfix(frames_per_s=f"{self.summary.frames / elapsed:.1f}", failed=self.summary.failed)
         bar.close()
+
+    def _one_video(self, vid: str, result: video.Frames | Exception):
+        """Encode and append one decoded video. Anything wrong with this video alone (a decode error, a missing
+        file, an OSError such as a name too long for the file system) is its failure, logged in failures.jsonl;
+        a failed cache write (CacheWriteError) stops the shard."""
+        try:
+            if isinstance(result, Exception):
+                raise result
+            feats = clip.encode_frames(self.model, result.frames, self.layers, batch_size=self.cfg.batch_size,
+                                       bf16=self.cfg.bf16)
+            feats = feats.to(torch.float16).cpu().numpy()  # (T, K, P+1, Dv)
+        except (video.VideoDecodeError, OSError, ValueError) as e:
+            self.summary.failed += 1
+            reason = cache.describe_oserror(e) if isinstance(e, OSError) else str(e)
+            self.writer.failed({"vid": vid, "error": f"{type(e).__name__}: {reason}"})
+            tqdm.write(f"skipped {vid!r}: {reason}")
+            return
+        self._check_duration(vid, result)
+        self.writer.add_video(vid, feats, result.times, result.duration, result.fps)
+        self.summary.done += 1
+        self.summary.frames += len(feats)
+        self.summary.bytes += feats.nbytes
+
+    def _check_duration(self, vid: str, frames: video.Frames):
+        problems = [m for d in sorted(self.durations[vid])
+                    if (m := datasets.duration_mismatch(d, frames.duration, len(frames.times), frames.fps))]
+        if problems:
+            self.summary.duration_warnings += 1
+            tqdm.write(f"warning: video {vid!r}: {problems[0]}")
 
 
 def failures(entry: Path) -> list[dict]:

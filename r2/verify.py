@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from r2.extract import shard_items
 
 __all__ = ["Report", "ShardStatus", "verify", "info", "merge", "main"]
 
-SEGMENT_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.(\d{3})\.h5")
+SEGMENT_RE = cache.SEGMENT_RE
 TEXT_CONTEXT = 77  # CLIP's text context: a query's SOT..EOT tokens never exceed it
 SCAN_BYTES = 64 << 20  # feature rows read per block when checking values
 
@@ -140,6 +140,7 @@ class _Segment:
     shard: tuple[int, int]
     videos: dict[str, tuple[int, int]]  # vid -> (first_row, n_rows)
     queries: dict[str, tuple[int, int]]
+    info: dict[str, tuple[float, float]]  # vid -> (duration s, sampling fps) as extracted
 
 
 def _check_ranges(path: Path, what: str, data: str, index: np.ndarray, start: int, length: int, size: int,
@@ -243,6 +244,10 @@ def _check_segment(path: Path, entry_fp: dict, entry_dims: dict, values: bool, r
         videos = _decode_items(path, "video id", f["video_ids"][...].tobytes(), vindex, errors)
         queries = _decode_items(path, "query text", f["query_texts"][...].tobytes(), qindex, errors)
         info = f["video_info"][: len(vindex)]  # (N_videos, 2) duration, fps
+        vid_blob = f["video_ids"][...].tobytes()
+        extracted_as = {}
+        for (off, n, _, _), (duration, fps) in zip(vindex.tolist(), info.tolist()):
+            extracted_as.setdefault(vid_blob[off:off + n].decode("utf-8", errors="replace"), (duration, fps))
         bad_info = np.flatnonzero(~np.isfinite(info).all(axis=1) | (info <= 0).any(axis=1))
         if len(bad_info):
             errors.append(f"{path.name}: videos {_head([list(videos)[j] for j in bad_info])} have a duration or fps "
@@ -264,7 +269,7 @@ def _check_segment(path: Path, entry_fp: dict, entry_dims: dict, values: bool, r
         if values:
             _scan_values(path, f, "video_feats", videos, "videos", errors)
             _scan_values(path, f, "query_feats", queries, "queries", errors)
-    return _Segment(path, shard, videos, queries)
+    return _Segment(path, shard, videos, queries, extracted_as)
 
 
 def _decode_items(path: Path, what: str, blob: bytes, index: np.ndarray, errors: list[str]) -> dict:
@@ -314,6 +319,33 @@ def _failures(entry: Path) -> dict[str, str]:
             if isinstance(d, dict) and "vid" in d:
                 out[str(d["vid"])] = str(d.get("error", ""))
     return out
+
+
+def fps_mismatches(records: list[datasets.Record], video_fps: dict[str, float]) -> str | None:
+    """A sentence when records use another sampling rate than their cached videos (their saliency targets and
+    windows would be computed at the wrong rate), else None."""
+    wrong = [r for r in records if r.vid in video_fps and not math.isclose(r.fps, video_fps[r.vid], rel_tol=1e-9)]
+    if not wrong:
+        return None
+    r = wrong[0]
+    return (f"{len(wrong)} annotation records use another fps than their extracted videos, e.g. qid {r.qid!r} "
+            f"(video {r.vid!r}): fps {r.fps} in the records, {video_fps[r.vid]} in the features; rebuild the entry "
+            f"with the extraction's fps (extract/merge.py --fps {video_fps[r.vid]}, or no --fps for a benchmark)")
+
+
+def _check_records_against_videos(records: list[datasets.Record], videos: dict[str, tuple[float, float, int]],
+                                  report: Report):
+    """Records against the videos as extracted (vid -> duration, fps, frames): another fps is an error, a
+    duration far from the decoded one a note."""
+    mismatch = fps_mismatches(records, {v: fps for v, (_, fps, _) in videos.items()})
+    if mismatch:
+        report.errors.append(mismatch)
+    far = [(r, problem) for r in records if r.vid in videos
+           if (problem := datasets.duration_mismatch(r.duration, videos[r.vid][0], videos[r.vid][2], r.fps))]
+    if far:
+        (r, problem), vids = far[0], sorted({r.vid for r, _ in far})
+        report.notes.append(f"{len(far)} records annotate a duration far from their video ({len(vids)} videos: "
+                            f"{_head(vids)}); e.g. qid {r.qid!r}: {problem}")
 
 
 def verify(entry: str | Path, values: bool = True) -> Report:
@@ -370,6 +402,8 @@ def verify(entry: str | Path, values: bool = True) -> Report:
                                  f"segments) overlap; delete the extra segments")
         setattr(report, kind, len(where))
 
+    _check_records_against_videos(records, {v: (*i, seg.videos[v][1]) for seg in segments
+                                            for v, i in seg.info.items()}, report)
     vids = {r.vid for r in records}
     texts = {r.query for r in records}
     report.expected_videos, report.expected_queries = len(vids), len(texts)
@@ -407,7 +441,7 @@ def info(entry: str | Path) -> list[str]:
             if "annotations" in f and split in f["annotations"]:
                 per_split[split] = sum(1 for line in f["annotations"][split][()].decode("utf-8").splitlines() if line)
     lines = [f"{entry}: r2 cache format {cache.VERSION}, dataset {attrs['dataset']}",
-             f"splits: " + ", ".join(f"{s} ({per_split[s]} records)" for s in attrs["splits"]),
+             "splits: " + ", ".join(f"{s} ({per_split[s]} records)" for s in attrs["splits"]),
              f"annotated: {len({r.vid for r in records})} videos, {len({r.query for r in records})} query texts",
              f"dims: {json.dumps(attrs['dims'], sort_keys=True)}", "fingerprint:"]
     lines += [f"  {k}: {json.dumps(v)}" for k, v in sorted(attrs["fingerprint"].items())]
@@ -446,13 +480,17 @@ def merge(entry: str | Path, dataset: str | None = None, annotations: dict[str, 
     if not paths:
         raise cache.CacheError(f"{cache.parts_dir(entry)}: no shard segment (shard-*.h5) to merge; run "
                                f"`python extract/run.py ... --out {entry} --shard I/N` first")
-    first = cache.read_segment_index(paths[0])
-    for path in paths[1:]:
-        index = cache.read_segment_index(path)
+    indexes = [cache.read_segment_index(path) for path in paths]
+    first = indexes[0]
+    for path, index in zip(paths[1:], indexes[1:]):
         if index.fingerprint != first.fingerprint or index.dims != first.dims:
             raise cache.CacheError(f"{path} and {paths[0]} were made with other settings "
                                    f"({cache.fingerprint_diff(index.fingerprint, first.fingerprint) or 'dims differ'})"
                                    f": re-extract one of them with the other's settings")
+    mismatch = fps_mismatches([r for rs in annotations.values() for r in rs],
+                              {v: fps for index in indexes for v, (_, _, _, fps) in index.videos.items()})
+    if mismatch:
+        raise cache.CacheError(f"{entry}: not written: {mismatch}")
     cache.write_entry(entry, dataset=dataset, fingerprint=first.fingerprint, dims=first.dims,
                       annotations={split: [r.to_json() for r in rs] for split, rs in annotations.items()})
     return verify(entry, values)

@@ -23,6 +23,7 @@ from tests.test_faults import REPO, _load_cli, extract_cmd, make_video, record, 
 LONG_QUERY = " ".join(["the person walks slowly across the crowded market square"] * 12)  # ~110 tokens
 EMPTY_QUERY = ""
 ACCENTS = "une vidéo où l'écran devient rouge, très rouge"
+NOT_OURS = r"not an r2 (or R²-Tuning )?checkpoint"  # r2.checkpoint names both formats it reads
 EMOJI = "a red screen 🔴🎬 — 赤い画面"
 
 # good videos: id -> (lavfi source, seconds, extra ffmpeg args, expected frames at 0.5 fps, query)
@@ -208,10 +209,10 @@ def test_a_checkpoint_that_is_not_ours_is_refused(extracted, tmp_path, capsys, c
         path.write_text("not a checkpoint\n")
     else:
         path.touch()
-    with pytest.raises(CheckpointError, match="not an r2 checkpoint"):
+    with pytest.raises(CheckpointError, match=NOT_OURS):
         load_checkpoint(path)
     code, err = _evaluate(path, extracted[0], capsys)
-    assert code == 2 and "not an r2 checkpoint" in err and err.count("\n") == 1
+    assert code == 2 and re.search(NOT_OURS, err) and err.count("\n") == 1
 
 
 class _Payload:
@@ -231,7 +232,7 @@ def test_a_checkpoint_with_code_in_its_pickle_is_refused_without_running_it(extr
     ckpt["extra"] = _Payload(marker)
     hostile = tmp_path / "hostile.pt"
     torch.save(ckpt, hostile)
-    with pytest.raises(CheckpointError, match="not an r2 checkpoint"):
+    with pytest.raises(CheckpointError, match=NOT_OURS):
         load_checkpoint(hostile)
     code, err = _evaluate(hostile, extracted[0], capsys)
     assert code == 2
@@ -241,7 +242,7 @@ def test_a_checkpoint_with_code_in_its_pickle_is_refused_without_running_it(extr
     shutil.copy(hostile, run_dir / "last.pt")
     fit = _load_cli("train/fit.py")
     assert fit.main(fit.get_args_parser().parse_args(["--cache", str(extracted[0]), "--resume", str(run_dir)])) == 2
-    assert "not an r2 checkpoint" in capsys.readouterr().err
+    assert re.search(NOT_OURS, capsys.readouterr().err)
     assert not marker.exists()
     # the payload is live: plain pickle would have run it
     pickle.loads(pickle.dumps(_Payload(marker)))

@@ -246,7 +246,7 @@ def test_disk_full_is_a_clear_error_and_the_cache_stays_intact(corpus, clean, tm
     done = run(extract_cmd(corpus, out), preexec_fn=_file_size_limit(limit))
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
-    assert "disk full / file size limit" in done.stderr and "committed in this shard are intact" in done.stderr
+    assert "disk full or file size limit" in done.stderr and "committed in this shard are intact" in done.stderr
     report = verify(out)
     assert report.exit_code == 1 and not report.errors and 0 < report.videos < 8, report.lines()
     partial = Cache(out)

@@ -22,8 +22,8 @@ def feats(i: int, t: int) -> np.ndarray:
 
 
 def records() -> list[dict]:
-    return [{"qid": i, "query": TEXTS[i % 3], "vid": vid, "duration": 8.0, "fps": 0.5, "relevant_windows": [[0, 2]]}
-            for i, vid in enumerate(VIDS)]
+    return [{"qid": i, "query": TEXTS[i % 3], "vid": vid, "duration": 2.0 * (2 + i), "fps": 0.5,
+             "relevant_windows": [[0, 2]]} for i, vid in enumerate(VIDS)]  # durations as `build` extracts them
 
 
 def build(tmp_path, shards=2, skip=(), fp=FP):
