@@ -26,3 +26,25 @@ def machine() -> str:
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{model}, {len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} torch threads{gpu}, "
             f"load average {load}")
+
+
+def nominal_peak_gflops(threads: int, device: str = "cpu") -> tuple[float | None, str]:
+    """fp32 peak of `threads` cores of this CPU: threads x FLOP/cycle (2 FMA pipes x vector width x 2) x clock.
+
+    FLOP/cycle from /proc/cpuinfo's flags (avx512f 64, avx2 + fma 32, avx 16, else 8; two FMA pipes assumed, true
+    of Zen 2-4 and Intel since Haswell), the clock from its `cpu MHz` (the nominal clock under a hypervisor; turbo
+    would raise the real peak). (None, why) on a GPU or without /proc/cpuinfo."""
+    if not device.startswith("cpu"):
+        return None, "GPU: no CPU peak"
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return None, "no /proc/cpuinfo"
+    text = cpuinfo.read_text()
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    mhz = next((float(line.split(":", 1)[1]) for line in text.splitlines() if line.startswith("cpu MHz")), None)
+    if mhz is None:
+        return None, "no clock in /proc/cpuinfo"
+    per_cycle, isa = ((64, "AVX-512") if "avx512f" in flags else (32, "AVX2+FMA") if {"avx2", "fma"} <= flags
+                      else (16, "AVX") if "avx" in flags else (8, "SSE"))
+    peak = threads * per_cycle * mhz / 1e3
+    return peak, f"{threads} threads x {per_cycle} FLOP/cycle ({isa}, fp32) x {mhz / 1e3:.2f} GHz"

@@ -15,8 +15,18 @@ What is measured (each mode in its own Python process, so its peak RSS is its ow
                 batch's videos are encoded per step and the video-encoding time is scaled to the whole batch
                 (linear in frames); the note says so. Batches come from the preloaded features (for masks and
                 targets); that fetch is not counted. Its warm-up steps run on the cached features.
+  step          the training step alone on preloaded batches, r2's fast path (what train/fit.py runs) against
+                the plain eager path (`R2Block.fast = False` with torch's bernoulli dropout: the op-by-op SPEC §3
+                code r2 ran before the fast path), interleaved A B A B in one process: seconds per step (median),
+                samples/s, the ratio (median of the per-pair ratios), achieved GFLOP/s (matmul/conv FLOPs of one
+                forward + backward, counted by torch's FlopCounterMode) against the machine's nominal fp32 peak and
+                a measured 2048³ sgemm, and a per-op table (torch.profiler, self CPU time) of one step of each.
   sweep         `r2.sweep.bench_per_trial` on a small demo cache (tiny CLIP): seconds per trial in one sweep
                 versus separate train/fit.py runs.
+
+Every mode's step is `r2.engine.train_step`, the function r2/train.py's Trainer calls (autocast, GradScaler,
+grad-norm clip 35, AdamW, LR scheduler). `--step-only` runs just the step comparison (the QVHighlights-shape
+figure of the README).
 """
 from __future__ import annotations
 
@@ -41,14 +51,15 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fill_defaults, machine  # noqa: E402
-from r2 import clip  # noqa: E402
+from common import fill_defaults, machine, nominal_peak_gflops  # noqa: E402
+from r2 import clip, engine  # noqa: E402
 from r2.cache import Cache, ShardWriter, write_entry  # noqa: E402
 from r2.data import GroundingDataset, Preloaded, collate, to_device  # noqa: E402
 from r2.datasets import Record  # noqa: E402
 from r2.extract import ExtractConfig, extract  # noqa: E402
 from r2.losses import Criterion, loss_config_for  # noqa: E402
 from r2.model import R2Model, config_for  # noqa: E402
+from r2.model.block import torch_dropout  # noqa: E402
 from r2.sweep import bench_per_trial, to_markdown  # noqa: E402
 from r2.train import SCHEDULES, TrainConfig, pick_device, pick_precision  # noqa: E402
 
@@ -56,6 +67,7 @@ DATASET = "qvhighlights"
 FPS = 0.5  # QVHighlights: one frame per 2 s clip
 LAYERS = [9, 10, 11, 12]  # the paper's taps
 MODES = {"stream": "(a) stream", "preload": "(b) preload", "clip": "(d) CLIP in the loop"}
+STEP = "step"  # the fast-vs-plain comparison, its own process too
 WORDS = ("a man woman child dog cat walks runs talks cooks sits near the in on of with red blue green car kitchen "
          "beach street park table camera shows people group small large old young bright dark").split()
 
@@ -82,8 +94,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                "--quick: 1, which stays fast on a loaded machine)")
     p.add_argument("--sweep-demo-videos", type=int, help="demo videos of the sweep's cache (default 24)")
     p.add_argument("--no-sweep", action="store_true", help="leave out the sweep row")
+    p.add_argument("--ab-rounds", type=int, help="interleaved fast/plain step pairs of the step comparison (default 3)")
+    p.add_argument("--step-only", action="store_true", help="only the step comparison (no (a)/(b)/(d), no sweep)")
+    p.add_argument("--ops", type=int, default=12, help="rows of each per-op table (default 12)")
     # internal: run one mode in this process and print its result as JSON
-    p.add_argument("--mode", choices=list(MODES), help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=list(MODES) + [STEP], help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--clip", help=argparse.SUPPRESS)
     return p
@@ -91,9 +106,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> argparse.Namespace:
     """Fill the size flags left unset from the full-run or --quick defaults."""
-    full = {"videos": 96, "frames": 75, "batch_size": 32, "steps": 2, "clip_steps": 1, "sweep_demo_videos": 24}
+    full = {"videos": 96, "frames": 75, "batch_size": 32, "steps": 2, "clip_steps": 1, "sweep_demo_videos": 24,
+            "ab_rounds": 3}
     quick = {"videos": 8, "frames": 4, "batch_size": 4, "steps": 2, "clip_steps": 1, "sweep_demo_videos": 5,
-             "threads": 1}
+             "threads": 1, "ab_rounds": 2}
     return fill_defaults(args, full, quick)
 
 
@@ -214,7 +230,7 @@ def run_mode(args) -> dict:
     model = R2Model(config_for(DATASET, video_dim=dims["video_dim"], query_dim=dims["query_dim"],
                                tokens=dims["tokens"], layers=len(dims["layers"]))).to(device).train()
     criterion = Criterion(loss_config_for(DATASET))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=SCHEDULES[DATASET].lr, weight_decay=TrainConfig.weight_decay)
+    optimizer, scaler, scheduler = make_optimizer(model, device, autocast_dtype)
     source = Preloaded.whole(cache) if args.mode in ("preload", "clip") else None
     dataset = GroundingDataset(cache, "train", train=True, source=source)
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)  # as r2.train
@@ -243,15 +259,8 @@ def run_mode(args) -> dict:
             batch, video_s = clip_features(encoder, batch, dataset, frames, n_encode)
             extra_s += video_s * (args.batch_size / n_encode - 1)
         batch = to_device(batch, device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            outputs = model(batch["video"], batch["video_mask"], batch["query"], batch["query_mask"])
-        loss = criterion(outputs, batch)["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"bench mode {args.mode}: non-finite loss at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), TrainConfig.grad_clip)
-        optimizer.step()
+        engine.train_step(model, criterion, optimizer, scaler, batch, device, autocast_dtype, TrainConfig.grad_clip,
+                          scheduler=scheduler, where=f"bench mode {args.mode} step {step}")
     sync()
     seconds = time.perf_counter() - start + extra_s
     del batches, loader  # shuts the DataLoader workers down, so their peak RSS is counted below
@@ -265,6 +274,102 @@ def run_mode(args) -> dict:
     }
 
 
+def make_optimizer(model, device: torch.device, autocast_dtype):
+    """AdamW, GradScaler and LR scheduler as r2/train.py's Trainer builds them (constant LR: the warm-up and
+    drop change no cost)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SCHEDULES[DATASET].lr, weight_decay=TrainConfig.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    return optimizer, scaler, scheduler
+
+
+def op_table(prof, n: int) -> list[dict]:
+    """The `n` ops with the most self CPU time of one profiled step: name, ms, share, calls."""
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in events[:n]] + [{"op": "total", "self_ms": total / 1e3, "share": 1.0,
+                                                         "calls": sum(e.count for e in events)}]
+
+
+def sgemm_gflops(device: torch.device, n: int = 2048, reps: int = 3) -> float:
+    """Measured fp32 GEMM rate (n x n x n) on this device with this process's threads: the attainable ceiling."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def run_step_comparison(args) -> dict:
+    """r2's fast step against the plain eager step, interleaved on the same preloaded batches (see the docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = pick_device(args.device)
+    autocast_dtype = pick_precision("auto", device)
+    cache = Cache(args.cache)
+    dims = cache.dims
+    model = R2Model(config_for(DATASET, video_dim=dims["video_dim"], query_dim=dims["query_dim"],
+                               tokens=dims["tokens"], layers=len(dims["layers"]))).to(device).train()
+    criterion = Criterion(loss_config_for(DATASET))
+    optimizer, scaler, scheduler = make_optimizer(model, device, autocast_dtype)
+    dataset = GroundingDataset(cache, "train", train=True, source=Preloaded.whole(cache))
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=0,
+                        generator=torch.Generator().manual_seed(0), drop_last=True)
+    batches = [to_device(b, device) for b, _ in zip(loader, range(2))]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    calls = [0]
+
+    def step(fast: bool):
+        model.block.fast = fast
+        batch = batches[calls[0] % len(batches)]
+        calls[0] += 1
+        with contextlib.nullcontext() if fast else torch_dropout():
+            engine.train_step(model, criterion, optimizer, scaler, batch, device, autocast_dtype,
+                              TrainConfig.grad_clip, scheduler=scheduler, where="bench step")
+
+    def timed(fast: bool) -> float:
+        sync()
+        start = time.perf_counter()
+        step(fast)
+        sync()
+        return time.perf_counter() - start
+
+    for fast in (True, False):  # warm-up (allocations, first-call costs)
+        for _ in range(args.warmup):
+            step(fast)
+    times = {True: [], False: []}
+    for r in range(args.ab_rounds):
+        for fast in ((True, False) if r % 2 == 0 else (False, True)):  # A B, B A, ...: neither always goes first
+            times[fast].append(timed(fast))
+    flops, ops = {}, {}
+    for fast in (True, False):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(fast)
+        flops[fast] = counter.get_total_flops()
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+            step(fast)
+        ops[fast] = op_table(prof, args.ops)
+    median = lambda xs: float(np.median(xs))  # noqa: E731
+    return {
+        "fast_s": median(times[True]), "plain_s": median(times[False]),
+        "ratio": median([a / b for a, b in zip(times[True], times[False])]),
+        "fast_gflop": flops[True] / 1e9, "plain_gflop": flops[False] / 1e9, "sgemm_gflops": sgemm_gflops(device),
+        "fast_ops": ops[True], "plain_ops": ops[False], "times": {"fast": times[True], "plain": times[False]},
+        "threads": torch.get_num_threads(), "device": str(device),
+    }
+
+
 def spawn_mode(mode: str, args, entry: Path, spec: str) -> dict:
     """Run one mode in a fresh Python process (its own peak RSS) and return its result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--mode", mode, "--cache", str(entry), "--clip", spec,
@@ -274,6 +379,8 @@ def spawn_mode(mode: str, args, entry: Path, spec: str) -> dict:
         cmd += ["--workers", str(args.workers)]
     if args.clip_videos:
         cmd += ["--clip-videos", str(args.clip_videos)]
+    if mode == STEP:
+        cmd += ["--ab-rounds", str(args.ab_rounds), "--ops", str(args.ops)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -330,6 +437,12 @@ def measure(args, work: Path) -> list[dict]:
     row("synthetic cache read once (page cache warm)", nbytes / 1e6 / warm_s, "MB/s",
         f"{args.videos} videos x {args.queries_per_video} queries, {nbytes / 1e9:.2f} GB")
 
+    s = spawn_mode(STEP, args, entry, spec)
+    step_rows(row, s, args, shape)
+    tables = {"fast": s["fast_ops"], "plain eager": s["plain_ops"]}
+    if args.step_only:
+        return rows, tables
+
     results = {mode: spawn_mode(mode, args, entry, spec) for mode in MODES}
     for mode, name in MODES.items():
         r = results[mode]
@@ -359,10 +472,34 @@ def measure(args, work: Path) -> list[dict]:
             f"demo cache ({args.sweep_demo_videos} videos, tiny CLIP), {s['trials']} trials, {setting}")
         row("separate train/fit.py: seconds per trial", s["fit_s_per_trial"], "s/trial", "one process per trial")
         row("sweep speed-up per trial", s["fit_s_per_trial"] / s["sweep_s_per_trial"], "x")
-    return rows
+    return rows, tables
+
+
+def step_rows(row, s: dict, args, shape: str):
+    b = args.batch_size
+    peak, peak_note = nominal_peak_gflops(s["threads"], s["device"])
+    pairs = f"median of {args.ab_rounds} interleaved pairs after {args.warmup} warm-up each"
+    row("step, fast path: s/step", s["fast_s"], "s", f"{shape}; r2.engine.train_step on preloaded batches; {pairs}")
+    row("step, plain eager path: s/step", s["plain_s"], "s", "R2Block.fast = False, torch bernoulli dropout")
+    row("step: fast / plain eager", s["ratio"], "ratio", "median of the per-pair ratios; target <= 0.5")
+    row("step, fast path: samples/s", b / s["fast_s"], "samples/s")
+    row("step, plain eager path: samples/s", b / s["plain_s"], "samples/s")
+    for name, key, gflop in (("fast path", "fast_s", s["fast_gflop"]), ("plain eager path", "plain_s", s["plain_gflop"])):
+        rate = gflop / s[key]
+        note = f"{gflop:.0f} GFLOP/step (matmul/conv, fwd + bwd)"
+        if peak:
+            note += f"; {100 * rate / peak:.0f} % of the nominal peak"
+        row(f"step, {name}: GFLOP/s", rate, "GFLOP/s", note)
+    if peak:
+        row("nominal fp32 peak", peak, "GFLOP/s", peak_note)
+    row("measured sgemm 2048^3", s["sgemm_gflops"], "GFLOP/s", f"{s['threads']} threads, same process")
 
 
 def main(args) -> pd.DataFrame | dict:
+    if args.mode == STEP:
+        result = run_step_comparison(args)
+        print(json.dumps(result))
+        return result
     if args.mode:
         result = run_mode(args)
         print(json.dumps(result))
@@ -374,9 +511,17 @@ def main(args) -> pd.DataFrame | dict:
         if work.exists() and any(work.iterdir()):
             raise SystemExit(f"--work {work} is not empty: pass an empty or new folder")
         work.mkdir(parents=True, exist_ok=True)
-        table = pd.DataFrame(measure(args, work))
+        rows, tables = measure(args, work)
+        table = pd.DataFrame(rows)
     after = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    print(to_markdown(table, f"bench/train.py{' --quick' if args.quick else ''} on {before} (at the end: {after})"))
+    print(to_markdown(table, f"bench/train.py{' --quick' if args.quick else ''}{' --step-only' if args.step_only else ''} "
+                             f"on {before} (at the end: {after})"))
+    for name, ops in tables.items():
+        print(f"Per-op self time, one training step, {name} (torch.profiler):\n")
+        print("| op | self ms | share | calls |\n|---|---|---|---|")
+        for o in ops:
+            print(f"| {o['op']} | {o['self_ms']:.1f} | {100 * o['share']:.1f} % | {o['calls']} |")
+        print()
     return table
 
 

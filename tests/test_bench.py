@@ -29,8 +29,15 @@ def run_quick(name: str, work: Path, *flags: str) -> str:
 
 
 def printed_rows(text: str) -> dict[str, tuple[float, str]]:
-    """measure -> (value, unit) from the printed markdown table; checks its header and that every row has 4 cells."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    """measure -> (value, unit) from the first printed markdown table (the main one); checks its header and that
+    every row has 4 cells."""
+    all_lines = text.splitlines()
+    first = next(i for i, line in enumerate(all_lines) if line.startswith("|"))
+    lines = []
+    for line in all_lines[first:]:
+        if not line.startswith("|"):
+            break
+        lines.append(line)
     assert lines[0] == "| measure | value | unit | note |" and lines[1] == "|---|---|---|---|"
     rows = {}
     for line in lines[2:]:
@@ -86,7 +93,7 @@ def test_train_bench_prints_one_table_with_every_row(train_output):
     assert re.search(r"^### bench/train.py --quick on .+, \d+ cores, .+load average", train_output, re.M)
     assert train_output.count("### ") == 1
     rows = printed_rows(train_output)
-    expected = {"synthetic cache read once (page cache warm)": "MB/s"}
+    expected = {"synthetic cache read once (page cache warm)": "MB/s"} | STEP_ROWS
     for name in ("(a) stream", "(b) preload", "(d) CLIP in the loop"):
         expected |= {f"{name}: steps/s": "steps/s", f"{name}: samples/s": "samples/s"}
     expected |= {"(c) = (a) / (b)": "ratio", "(b) / (d) speed-up of cached features": "x"}
@@ -100,6 +107,34 @@ def test_train_bench_prints_one_table_with_every_row(train_output):
         assert rows[f"{name}: samples/s"][0] == pytest.approx(4 * rows[f"{name}: steps/s"][0], rel=1e-3)
     assert rows["(c) = (a) / (b)"][0] == pytest.approx(
         rows["(a) stream: samples/s"][0] / rows["(b) preload: samples/s"][0], rel=1e-2)
+
+
+STEP_ROWS = {"step, fast path: s/step": "s", "step, plain eager path: s/step": "s", "step: fast / plain eager": "ratio",
+             "step, fast path: samples/s": "samples/s", "step, plain eager path: samples/s": "samples/s",
+             "step, fast path: GFLOP/s": "GFLOP/s", "step, plain eager path: GFLOP/s": "GFLOP/s",
+             "nominal fp32 peak": "GFLOP/s", "measured sgemm 2048^3": "GFLOP/s"}
+
+
+def test_train_bench_step_comparison(train_output):
+    """The step rows agree with each other, and each path's per-op table follows the main table."""
+    rows = printed_rows(train_output)
+    assert rows["step: fast / plain eager"][0] > 0
+    for path in ("fast path", "plain eager path"):  # samples/s = batch (4) / s per step
+        assert rows[f"step, {path}: samples/s"][0] == pytest.approx(4 / rows[f"step, {path}: s/step"][0], rel=1e-3)
+    for name in ("fast", "plain eager"):
+        head = f"Per-op self time, one training step, {name} (torch.profiler):"
+        assert head in train_output
+        table = train_output.split(head, 1)[1].split("\n\n")[1]
+        lines = table.splitlines()
+        assert lines[0] == "| op | self ms | share | calls |" and len(lines) >= 4
+        assert lines[-1].startswith("| total |") and "aten::" in table
+
+
+def test_train_bench_step_only(tmp_path):
+    out = run_quick("train", tmp_path / "w", "--step-only", "--ab-rounds", "1", "--ops", "3")
+    rows = printed_rows(out)
+    assert {m: unit for m, (_, unit) in rows.items()} == {"synthetic cache read once (page cache warm)": "MB/s"} | STEP_ROWS
+    check_numbers(rows, set())
 
 
 def test_train_bench_qvhighlights_records_load(tmp_path):
@@ -128,3 +163,31 @@ def test_non_empty_work_folder_is_refused(tmp_path):
         bench = load_script(name)
         with pytest.raises(SystemExit, match="not empty"):
             bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path)]))
+
+
+def _gpu_sh(*flags: str, env: dict | None = None) -> str:
+    import os
+    import subprocess
+
+    done = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), *flags], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_gpu_sh_says_no_gpu_without_a_gpu():
+    out = _gpu_sh(env={"CUDA_VISIBLE_DEVICES": ""})  # no visible device, also on a GPU machine
+    assert out.strip().startswith("bench/gpu.sh: no GPU") and "nothing measured" in out and "|" not in out
+
+
+def test_gpu_sh_checks_run_end_to_end_on_the_cpu():
+    """--cpu-smoke: the same checks on the CPU at toy sizes print one table with every check's rows."""
+    out = _gpu_sh("--cpu-smoke")
+    assert out.count("### ") == 1
+    rows = printed_rows(out)
+    assert rows["AMP bf16 vs fp32: gradient cosine"][0] >= 0.99
+    for name in ("fp32", "bf16"):
+        for path in ("fast", "plain eager"):
+            assert rows[f"step {name}, {path}: samples/s"][0] > 0
+    assert rows["GPU-resident features, bf16 fast: samples/s"][0] > 0
+    assert rows["extraction tiny fp32: frames/s"][0] > 0
