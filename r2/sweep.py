@@ -15,6 +15,7 @@ A sweep folder (default `runs/sweep-<cache name>-<time>/`) holds:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import itertools
 import json
@@ -22,6 +23,7 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +47,7 @@ __all__ = ["SweepConfig", "SweepResult", "Trial", "bench_per_trial", "field_type
 # TrainConfig fields the sweep sets itself: the cache is shared, run folders are per trial, trials start fresh,
 # and the features are preloaded (or not) once for all trials (SweepConfig.preload).
 RESERVED = ("cache", "out", "resume", "preload")
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 
 
 @dataclass
@@ -182,8 +185,21 @@ def run_trial(cfg: SweepConfig, trial: Trial, cache: Cache, features: Preloaded 
     return outcome
 
 
-def _trial_process(cfg: SweepConfig, trial: Trial, cache: Cache, features: Preloaded | None, threads: int):
+def _die_with_parent(parent: int):
+    """Ask Linux to SIGKILL this process when the sweep that forked it dies (even by SIGKILL), so no trial goes on
+    training unseen; if the parent is already gone, stop now."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the parent's own handlers still stop its trials
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _trial_process(cfg: SweepConfig, trial: Trial, cache: Cache, features: Preloaded | None, threads: int,
+                   parent: int):
     """Body of a forked trial process: its share of the threads, its output in <trial>/output.log."""
+    _die_with_parent(parent)
     torch.set_num_threads(threads)
     trial.out.mkdir(parents=True, exist_ok=True)
     with open(trial.out / "output.log", "w", buffering=1) as log:
@@ -203,18 +219,18 @@ def _outcome_of_process(trial: Trial, cache: Cache, exitcode: int, seconds: floa
             "error": f"trial process exited with code {exitcode} (see {trial.out / 'output.log'})"}
 
 
-def _run_parallel(cfg: SweepConfig, trials: list[Trial], cache: Cache, features: Preloaded | None) -> list[dict]:
-    """At most cfg.trials_parallel forked trial processes at a time; outcomes in trial order."""
+def _run_parallel(cfg: SweepConfig, trials: list[Trial], cache: Cache, features: Preloaded | None,
+                  finished: typing.Callable[[dict], None]):
+    """At most cfg.trials_parallel forked trial processes at a time; each outcome goes to `finished` as it comes."""
     ctx = mp.get_context("fork")  # fork: children see the preloaded tensors without a copy (copy-on-write)
     threads = max(1, torch.get_num_threads() // cfg.trials_parallel)
     pending = list(trials)
     running: dict[int, tuple[mp.Process, Trial, float]] = {}  # process sentinel -> (process, trial, start)
-    outcomes: dict[str, dict] = {}
     try:
         while pending or running:
             while pending and len(running) < cfg.trials_parallel:
                 trial = pending.pop(0)
-                proc = ctx.Process(target=_trial_process, args=(cfg, trial, cache, features, threads),
+                proc = ctx.Process(target=_trial_process, args=(cfg, trial, cache, features, threads, os.getpid()),
                                    name=f"trial-{trial.name}")
                 proc.start()
                 running[proc.sentinel] = (proc, trial, time.time())
@@ -224,13 +240,12 @@ def _run_parallel(cfg: SweepConfig, trials: list[Trial], cache: Cache, features:
                 proc, trial, start = running.pop(sentinel)
                 proc.join()
                 outcome = _outcome_of_process(trial, cache, proc.exitcode, time.time() - start)
-                outcomes[trial.name] = outcome
                 print(f"trial {trial.name}: {_summary(outcome)}")
+                finished(outcome)
     finally:
         for proc, _, _ in running.values():  # interrupted: stop the trials this sweep started
             proc.terminate()
             proc.join()
-    return [outcomes[t.name] for t in trials]
 
 
 def _summary(outcome: dict) -> str:
@@ -293,47 +308,110 @@ def _check(cfg: SweepConfig):
     both = sorted(set(cfg.grid) & set(cfg.fixed))
     if both:
         raise ValueError(f"sweep: {', '.join(both)} both fixed and in --grid; keep one")
-    if cfg.trials_parallel < 1:
-        raise ValueError(f"--trials-parallel {cfg.trials_parallel}: must be >= 1")
+    for flag, value in (("--trials-parallel", cfg.trials_parallel), ("--samples", cfg.samples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{flag} {value!r}: must be a whole number >= 1")
+    if isinstance(cfg.sample_seed, bool) or not isinstance(cfg.sample_seed, int):
+        raise ValueError(f"--sample-seed {cfg.sample_seed!r}: must be a whole number")
 
 
 def run_sweep(cfg: SweepConfig, grid_texts: dict[str, list[str]] | None = None) -> SweepResult:
-    """Run every trial of the grid on the one shared cache and write the ranked table.
+    """Run every trial of the grid on the one shared cache, ranking the finished trials in results.csv / .md after
+    each one (an interrupted sweep keeps its table). The same command on the same --out resumes: finished trials
+    are kept, an interrupted trial's folder is set aside (renamed *.interrupted-<time>) and the trial run again.
 
     `cfg.grid` holds typed values; `grid_texts` (key -> the values as typed on the command line) names the trial
     folders, default str(value)."""
     _check(cfg)
     grid = {k: list(zip(grid_texts[k] if grid_texts else map(str, values), values)) for k, values in cfg.grid.items()}
-    cache = Cache(cfg.cache)
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"sweep-{cache.entry.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"sweep folder {out} already holds files; pass another --out")
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"sweep-{Path(cfg.cache).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     trials = make_trials(grid, out, cfg.samples, cfg.sample_seed)
+    for trial in trials:  # every trial's config is built (and checked) before any trial runs
+        try:
+            _trial_config(cfg, trial, None)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"sweep trial {trial.name}: {e}") from None
+    spec = {"cache": str(cfg.cache), "grid": cfg.grid, "fixed": cfg.fixed, "samples": cfg.samples,
+            "sample_seed": cfg.sample_seed, "trials": [{"name": t.name, "params": t.params} for t in trials]}
+    done = _resume(out, json.loads(json.dumps(spec)), trials)
+    cache = Cache(cfg.cache)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(
-        {"cache": str(cfg.cache), "grid": cfg.grid, "fixed": cfg.fixed, "samples": cfg.samples,
-         "sample_seed": cfg.sample_seed, "trials_parallel": cfg.trials_parallel, "preload": cfg.preload,
-         "trials": [{"name": t.name, "params": t.params} for t in trials]}, indent=2))
+    (out / "sweep.json").write_text(json.dumps({**spec, "trials_parallel": cfg.trials_parallel,
+                                                "preload": cfg.preload}, indent=2))
+    todo = [t for t in trials if t.name not in done]
+    table = _Table(out, trials, list(cfg.grid), cache.dataset, done)
+    if done:
+        print(f"sweep folder {out}: resuming, {len(done)} of {len(trials)} trials already finished")
     features = None
-    if cfg.preload:
+    if cfg.preload and todo:
         features = Preloaded.whole(cache)
         print(f"preloaded {cache.entry}: {len(cache.videos)} videos, {len(cache.texts)} queries, "
-              f"{features.nbytes / 1e9:.2f} GB in {features.seconds:.1f} s (shared by {len(trials)} trials)")
-    print(f"sweep folder {out} | {len(trials)} trials, {cfg.trials_parallel} at a time")
+              f"{features.nbytes / 1e9:.2f} GB in {features.seconds:.1f} s (shared by {len(todo)} trials)")
+    print(f"sweep folder {out} | {len(todo)} trials to run, {cfg.trials_parallel} at a time")
     if cfg.trials_parallel == 1:
-        outcomes = []
-        for i, trial in enumerate(trials):
-            print(f"trial {i + 1}/{len(trials)}: {trial.name}")
-            outcomes.append(run_trial(cfg, trial, cache, features))
+        for i, trial in enumerate(todo):
+            print(f"trial {i + 1}/{len(todo)}: {trial.name}")
+            table.add(run_trial(cfg, trial, cache, features))
     else:
-        outcomes = _run_parallel(cfg, trials, cache, features)
-    eval_split = _eval_split(trials)
-    table = rank(outcomes, list(cfg.grid), eval_split)
-    table.to_csv(out / "results.csv", index=False)
-    headline = metrics.headline(cache.dataset)
-    title = f"{cache.dataset}: {len(trials)} trials ranked by {eval_split} {headline} (best epoch)"
-    (out / "results.md").write_text(to_markdown(table, title))
-    return SweepResult(out=out, table=table, failed=int((table["status"] != "ok").sum()))
+        _run_parallel(cfg, todo, cache, features, table.add)
+    return SweepResult(out=out, table=table.frame, failed=int((table.frame["status"] != "ok").sum()))
+
+
+def _resume(out: Path, spec: dict, trials: list[Trial]) -> dict[str, dict]:
+    """The outcomes of the trials an earlier run of this same sweep finished in `out` (empty for a new folder).
+    A folder holding anything else is refused; an interrupted trial's folder is renamed, never deleted."""
+    if not out.exists() or not any(out.iterdir()):
+        return {}
+    recorded = out / "sweep.json"
+    if not recorded.is_file():
+        raise ValueError(f"sweep folder {out} already holds files that are not a sweep; pass another --out")
+    old = json.loads(recorded.read_text())
+    differ = [k for k in spec if old.get(k) != spec[k]]
+    if differ:
+        raise ValueError(f"sweep folder {out} holds another sweep ({', '.join(differ)} differ); pass another --out, "
+                         f"or the same flags to resume it")
+    done = {}
+    for trial in trials:
+        outcome = trial.out / "trial.json"
+        if outcome.is_file():
+            done[trial.name] = json.loads(outcome.read_text())
+        elif trial.out.exists():
+            aside = trial.out.with_name(f"{trial.out.name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
+            trial.out.rename(aside)
+            print(f"trial {trial.name}: interrupted earlier; its folder is kept as {aside.name}, the trial runs again")
+    return done
+
+
+class _Table:
+    """results.csv / results.md, rewritten (atomically) each time a trial finishes."""
+
+    def __init__(self, out: Path, trials: list[Trial], grid_keys: list[str], dataset: str, done: dict[str, dict]):
+        self.out, self.trials, self.grid_keys, self.dataset = out, trials, grid_keys, dataset
+        self.outcomes = dict(done)
+        self.frame = pd.DataFrame()
+        if done:
+            self._write()
+
+    def add(self, outcome: dict):
+        self.outcomes[outcome["trial"]] = outcome
+        self._write()
+
+    def _write(self):
+        finished = [self.outcomes[t.name] for t in self.trials if t.name in self.outcomes]
+        eval_split = _eval_split(self.trials)
+        self.frame = rank(finished, self.grid_keys, eval_split)
+        headline = metrics.headline(self.dataset)
+        count = f"{len(finished)} trials" if len(finished) == len(self.trials) else \
+            f"{len(finished)} of {len(self.trials)} trials (the others not finished)"
+        _write_atomic(self.out / "results.csv", self.frame.to_csv(index=False))
+        _write_atomic(self.out / "results.md", to_markdown(
+            self.frame, f"{self.dataset}: {count} ranked by {eval_split} {headline} (best epoch)"))
+
+
+def _write_atomic(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _eval_split(trials: list[Trial]) -> str:

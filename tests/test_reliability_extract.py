@@ -3,8 +3,6 @@ that video's logged failure (with its real cause), nothing is written before eve
 another shard count or fps is refused, durations far from the video are reported."""
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py

@@ -6,7 +6,9 @@ once, one run folder per trial, a table ranked by the dataset's headline metric 
     python train/sweep.py --cache cache/demo.h5 --grid seed=1,2,3 --epochs 10 --trials-parallel 3
 
 Any TrainConfig field (the flags of train/fit.py) can be a --grid key; given as a plain flag it is fixed for every
-trial. Exit code: 0 when every trial finished, 1 when some failed (listed in the table), 2 on a bad argument.
+trial. The table is rewritten after each trial; an interrupted sweep (Ctrl-C, a killed process: its trial processes
+die with it) resumes with the same command and --out, keeping the finished trials. Exit code: 0 when every trial
+finished, 1 when some failed (listed in the table), 2 on a bad argument, 130 when interrupted.
 """
 import argparse
 import dataclasses
@@ -56,6 +58,10 @@ def main(args) -> int:
     except (R2Error, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the finished trials are ranked in the sweep folder's results.csv; run the same command "
+              "(with its --out) to resume", file=sys.stderr)
+        return 130
     print((result.out / "results.md").read_text())
     print(f"results: {result.out / 'results.csv'}" + (f" | {result.failed} trials failed" if result.failed else ""))
     return 1 if result.failed else 0

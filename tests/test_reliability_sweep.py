@@ -1,0 +1,85 @@
+"""Reliability round 2 for sweeps: an interrupted sweep keeps a table of its finished trials and resumes with the
+same command; killing the sweep kills its trial processes too."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.test_sweep import FAST, demo_cache  # noqa: F401  (a module fixture: the 6-video demo cache)
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def sweep_cmd(cache: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-u", str(REPO / "train" / "sweep.py"), "--cache", str(cache), "--out", str(out),
+            *FAST, *extra]
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0]
+    except FileNotFoundError:
+        return False
+    return state not in "ZX"  # a zombie has stopped; only its exit status is left to collect
+
+
+def test_interrupted_sweep_keeps_its_table_and_the_same_command_resumes(demo_cache, tmp_path):  # noqa: F811
+    out = tmp_path / "sweep"
+    cmd = sweep_cmd(demo_cache, out, "--grid", "seed=1,2,3")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / "0_seed=1" / "trial.json"
+    wait_for(lambda: first.exists() or proc.poll() is not None, 300, "the first trial")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "run the same command" in err
+    table = pd.read_csv(out / "results.csv")
+    assert "0_seed=1" in list(table["trial"]) and len(table) < 3 and set(table["status"]) == {"ok"}
+    stamp = first.stat().st_mtime_ns
+
+    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming, {len(table)} of 3 trials already finished" in done.stdout
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(table["trial"]) == ["0_seed=1", "1_seed=2", "2_seed=3"] and set(table["status"]) == {"ok"}
+    assert first.stat().st_mtime_ns == stamp  # the finished trial was not run again
+    other = subprocess.run(sweep_cmd(demo_cache, out, "--grid", "seed=4"), cwd=REPO, env=ENV, capture_output=True,
+                           text=True, timeout=120)
+    assert other.returncode == 2 and "holds another sweep" in other.stderr
+
+
+def test_killing_a_parallel_sweep_kills_its_trials(demo_cache, tmp_path):  # noqa: F811
+    out = tmp_path / "sweep"
+    cmd = sweep_cmd(demo_cache, out, "--grid", "seed=1,2", "--trials-parallel", "2", "--epochs", "200")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pids = []
+    for line in proc.stdout:
+        if ": started (pid " in line:
+            pids.append(int(line.split("(pid ")[1].split(",")[0]))
+            if len(pids) == 2:
+                break
+    assert len(pids) == 2, "the sweep did not start its two trial processes"
+    time.sleep(1.0)  # both are training now
+    proc.kill()
+    proc.wait()
+    try:
+        wait_for(lambda: not any(alive(pid) for pid in pids), 30, "the trial processes to die with the sweep")
+    finally:
+        for pid in pids:  # never leave a trial training if the check failed
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
