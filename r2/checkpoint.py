@@ -1,10 +1,12 @@
 """Checkpoint I/O: r2's own checkpoints and the authors' nncore files, read into one form.
 
-`load_checkpoint(spec)` takes a path (an r2 `best.pt` / `last.pt`, or an official `.pth` as nncore writes it) or a
-zoo name (`r2-tuning:qvhighlights`), always with `weights_only=True`, and returns r2's checkpoint dict:
+`load_checkpoint(spec)` takes a path (an r2 `best.pt` / `last.pt`, a run folder meaning its `best.pt`, or an
+official `.pth` as nncore writes it) or a zoo name (`r2-tuning:qvhighlights`), always with `weights_only=True`, and
+returns r2's checkpoint dict:
 
     format_version, r2_version, torch_version, git_sha   who wrote it (absent in checkpoints older than version 2)
     dataset, train_frames, fingerprint, dims             what the model was trained on (features and dataset)
+    cache_identity   the training cache's resolved path and annotations digest (r2 runs since resume checks)
     config           the run's TrainConfig fields (an official file: only `domain`)
     model_config     the R2Config fields; model: the state_dict (r2 names)
     official         only for an official file: its `meta` and the file it came from
@@ -15,6 +17,8 @@ features, which `extract/import_official.py` imports with the same fingerprint.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import subprocess
 import time
 import warnings
@@ -28,8 +32,8 @@ from r2.cache import Cache, fingerprint_diff
 from r2.errors import CheckpointError
 from r2.model import R2Config, R2Model
 
-__all__ = ["FORMAT_VERSION", "checkpoint_meta", "load_checkpoint", "check_compatible", "build_model",
-           "from_official", "to_official", "save"]
+__all__ = ["FORMAT_VERSION", "cache_identity", "checkpoint_file", "checkpoint_meta", "load_checkpoint",
+           "check_compatible", "check_same_cache", "build_model", "from_official", "to_official", "save"]
 
 FORMAT_VERSION = 2
 _R2_KEYS = {"model", "fingerprint", "dims", "model_config"}
@@ -53,13 +57,23 @@ def provenance() -> dict:
             "git_sha": _git_sha()}
 
 
-def checkpoint_meta(cache: Cache, config: dict, model_cfg: R2Config, train_frames: int) -> dict:
+def cache_identity(cache: Cache) -> dict:
+    """Which cache a run trains on: the entry file's resolved path and a digest of every split's annotations.
+    Two caches extracted with the same settings share a fingerprint; they differ here."""
+    digest = hashlib.sha256()
+    for split in cache.splits:
+        digest.update(json.dumps([split, cache.records(split)], sort_keys=True).encode())
+    return {"path": str(cache.entry.resolve()), "annotations_sha256": digest.hexdigest()}
+
+
+def checkpoint_meta(cache: Cache, identity: dict, config: dict, model_cfg: R2Config, train_frames: int) -> dict:
     return {
         **provenance(),
         "dataset": cache.dataset,
         "train_frames": train_frames,  # the longest training video: r2.predict windows longer videos to this
         "fingerprint": cache.fingerprint,
         "dims": cache.dims,
+        "cache_identity": identity,  # cache_identity(cache), computed once per run
         "config": config,
         "model_config": dataclasses.asdict(model_cfg),
     }
@@ -73,6 +87,17 @@ def _read(path: Path):
         raise CheckpointError(f"{path}: not an r2 or R²-Tuning checkpoint ({type(e).__name__}: {reason})") from None
 
 
+def checkpoint_file(spec: str | Path) -> str | Path:
+    """A run folder -> its best.pt (a CheckpointError when it has none); a file or a zoo name as given."""
+    path = Path(spec)
+    if not path.is_dir():
+        return spec
+    if not (path / "best.pt").is_file():
+        raise CheckpointError(f"{path}: a folder without best.pt (not an r2 run folder, or a run that has not "
+                              f"finished an epoch yet); pass a run folder or a checkpoint file")
+    return path / "best.pt"
+
+
 def load_checkpoint(spec: str | Path, dataset: str | None = None) -> dict:
     """r2's checkpoint dict from an r2 file, an official nncore file or a zoo name (see the module doc).
 
@@ -80,7 +105,7 @@ def load_checkpoint(spec: str | Path, dataset: str | None = None) -> dict:
     r2_tuning_tvsum_bk-45b59440.pth); it is ignored for r2 files, which record theirs."""
     if str(spec).startswith("r2-tuning:"):
         spec = official.zoo_checkpoint(str(spec))
-    path = Path(spec)
+    path = Path(checkpoint_file(spec))
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint (pass an r2 run's best.pt, an official R²-Tuning .pth, or a "
                               f"zoo name such as r2-tuning:qvhighlights)")
@@ -165,6 +190,19 @@ def check_compatible(ckpt: dict, cache: Cache, what: str, allow_feature_source: 
     hint = (" or pass --allow-feature-source to use them anyway (same CLIP, layers and fps)" if same_features else "")
     raise CheckpointError(f"{what} was trained on features made differently from {cache.entry} ({diff}); re-extract "
                           f"with the checkpoint's settings{hint}, or train on this cache")
+
+
+def check_same_cache(ckpt: dict, identity: dict, what: str):
+    """Refuse to continue a run on a cache other than the one it was trained on: the same fingerprint is not
+    enough (another cache made with the same settings holds other videos and annotations, and the run's log would
+    mix two evaluation sets). Checkpoints older than the recorded identity are compared by their cache path."""
+    recorded = ckpt.get("cache_identity") or {"path": str(Path(ckpt["config"]["cache"]).resolve())}
+    if recorded["path"] != identity["path"]:
+        raise CheckpointError(f"{what} was trained on the cache {recorded['path']}; {identity['path']} is another "
+                              f"one: resume with --cache {recorded['path']}, or start a new run on this cache")
+    if recorded.get("annotations_sha256", identity["annotations_sha256"]) != identity["annotations_sha256"]:
+        raise CheckpointError(f"{what} was trained on the cache {recorded['path']}, whose annotations have changed "
+                              f"since (it was rebuilt); start a new run on it")
 
 
 def build_model(ckpt: dict) -> R2Model:

@@ -12,10 +12,15 @@ import json
 import math
 import os
 import random
+import re
+import shlex
 import time
+import types
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,9 +29,11 @@ from tqdm import tqdm
 
 from r2 import datasets, metrics
 from r2.cache import Cache, CacheError
-from r2.checkpoint import build_model, check_compatible, checkpoint_meta, load_checkpoint, save
-from r2.data import GlobalBatchSampler, GroundingDataset, Preloaded, collate, to_device
+from r2.checkpoint import (build_model, cache_identity, check_compatible, check_same_cache, checkpoint_file,
+                           checkpoint_meta, load_checkpoint, save)
+from r2.data import MIN_TRAIN_SECONDS, GlobalBatchSampler, GroundingDataset, Preloaded, collate, to_device
 from r2.decode import DecodeConfig, decode, decode_config_for
+from r2.errors import R2Error
 from r2.losses import Criterion, LossConfig, loss_config_for
 from r2.model import R2Config, R2Model, config_for
 
@@ -54,6 +61,83 @@ SCHEDULES = {
     "demo": Schedule(16, 12, 1e-3, 10, 100),
     "custom": Schedule(16, 30, 1e-3, 20, 100),
 }
+
+
+class ConfigError(R2Error, ValueError):
+    """A training setting that cannot run as given; the message names the flag and the values it allows."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a TrainConfig field: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+def _number(test: Callable[[float], bool]) -> Callable[[float], bool]:
+    return lambda v: math.isfinite(v) and test(v)
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_HEADS = next(f.default for f in dataclasses.fields(R2Config) if f.name == "heads")
+_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+_AT_LEAST_0 = (lambda v: v >= 0, "an integer >= 0")
+_WEIGHT = (_number(lambda v: v >= 0), "a number >= 0")
+_FRACTION = (_number(lambda v: 0 <= v < 1), "a number in [0, 1)")
+# field -> (test of a value of the field's type, what it allows); None (where a field's type allows it) always
+# passes: it means the dataset's default
+_RULES: dict[str, tuple[Callable, str]] = {
+    "cache": (bool, "a cache entry file (cache/<name>.h5)"),
+    "out": (bool, "a folder path"),
+    "domain": (bool, "a domain name (YouTube Highlights / TVSum)"),
+    "batch_size": _AT_LEAST_1,
+    "epochs": _AT_LEAST_1,
+    "lr": (_number(lambda v: v > 0), "a number > 0"),
+    "lr_drop": (lambda v: v >= 1 or v == -1, "an epoch >= 1, or -1 for no LR drop"),
+    "warmup_iters": _AT_LEAST_0,
+    "passes": _AT_LEAST_1,
+    "warmup_ratio": (_number(lambda v: 0 <= v <= 1), "a number between 0 and 1"),
+    "weight_decay": _WEIGHT,
+    "grad_clip": (_number(lambda v: v > 0), "a number > 0"),
+    "dropout": _FRACTION,
+    "droppath": _FRACTION,
+    "hidden": (lambda v: v >= _HEADS and v % _HEADS == 0, f"a positive multiple of {_HEADS} (the attention heads)"),
+    "cls_weight": _WEIGHT,
+    "reg_weight": _WEIGHT,
+    "sal_weight": _WEIGHT,
+    "video_nce_weight": _WEIGHT,
+    "layer_nce_weight": _WEIGHT,
+    "nms": (lambda v: v in ("hard", "soft", "none"), "one of hard, soft, none"),
+    "nms_iou": (_number(lambda v: 0 < v <= 1), "a number in (0, 1]"),
+    "unit": (_number(lambda v: v >= 0), "a number of seconds >= 0 (0: no rounding)"),
+    "train_split": (bool, "a split name"),
+    "eval_split": (bool, "a split name"),
+    "seed": (lambda v: 0 <= v < 2 ** 32, "an integer in 0 .. 2**32 - 1"),
+    "device": (lambda v: _DEVICE.fullmatch(v) is not None, "one of auto, cpu, cuda or cuda:N"),
+    "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "one of auto, fp32, bf16, fp16"),
+    "workers": _AT_LEAST_0,
+    "resume": (bool, "a run folder"),
+}
+
+
+def _checked(name: str, hint, value):
+    """`value` for field `name` of type `hint` (`int | None` ...), ints made floats where a float is asked;
+    ConfigError when its type or its rule refuses it."""
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if value is None and optional:
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{flag(name)} {_shown(value)}: must be true or false")
+        return value
+    test, allowed = _RULES[name]
+    accepted = (int, float) if kind is float else (kind,)
+    if isinstance(value, bool) or not isinstance(value, accepted) or not test(kind(value)):
+        raise ConfigError(f"{flag(name)} {_shown(value)}: must be {allowed}")
+    return kind(value)
+
+
+def _shown(value) -> str:
+    return shlex.quote(str(value))
 
 
 @dataclass
@@ -97,31 +181,53 @@ class TrainConfig:
     progress: bool = True
     resume: str | None = None  # a run folder: continue from its last.pt
 
+    def __post_init__(self):
+        """Check every field against its rule (`_RULES`; bools: true or false), so that a bad value is refused
+        before any work, on one line naming the flag and what it allows."""
+        for name, hint in typing.get_type_hints(TrainConfig).items():
+            setattr(self, name, _checked(name, hint, getattr(self, name)))
+
+
+LOSS_WEIGHTS = ("cls_weight", "reg_weight", "sal_weight", "video_nce_weight", "layer_nce_weight")
+
 
 def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, LossConfig, DecodeConfig]:
-    """Fill every None field from the dataset's defaults; the result is what config.json records."""
+    """Fill every None field from the dataset's defaults (an LR drop of None: -1, none) and check the splits and
+    domain against the cache; the model, loss and decoding values are written back, so the config records them."""
     name = cache.dataset
     info = datasets.dataset_info(name)
     sched = SCHEDULES[name]
-    cfg = dataclasses.replace(cfg)
-    for f in ("batch_size", "epochs", "lr", "lr_drop", "warmup_iters", "passes"):
-        if getattr(cfg, f) is None:
-            setattr(cfg, f, getattr(sched, f))
-    if cfg.lr_drop is not None and cfg.lr_drop < 0:
-        cfg.lr_drop = None
-    cfg.train_split = cfg.train_split or info.train_split
-    cfg.eval_split = cfg.eval_split or info.eval_split
-    if name in ("youtube", "tvsum") and cfg.domain is None:
-        raise ValueError(f"{name} is trained per domain: pass --domain (one of {', '.join(domains(cache))})")
+    cfg = dataclasses.replace(cfg, **{f: getattr(sched, f) for f in ("batch_size", "epochs", "lr", "lr_drop",
+                                                                       "warmup_iters", "passes")
+                                      if getattr(cfg, f) is None},
+                              train_split=cfg.train_split or info.train_split,
+                              eval_split=cfg.eval_split or info.eval_split)
+    if cfg.lr_drop is None:
+        cfg.lr_drop = -1
+    _check_splits_and_domain(cfg, cache)
     dims = cache.dims
     model_cfg = config_for(name, video_dim=dims["video_dim"], query_dim=dims["query_dim"], tokens=dims["tokens"],
                            layers=len(dims["layers"]))
     model_cfg = _override(model_cfg, dropout=cfg.dropout, droppath=cfg.droppath, hidden=cfg.hidden)
-    loss_cfg = _override(loss_config_for(name), cls_weight=cfg.cls_weight, reg_weight=cfg.reg_weight,
-                         sal_weight=cfg.sal_weight, video_nce_weight=cfg.video_nce_weight,
-                         layer_nce_weight=cfg.layer_nce_weight)
+    loss_cfg = _override(loss_config_for(name), **{f: getattr(cfg, f) for f in LOSS_WEIGHTS})
     dec_cfg = decode_config(name, cfg)
+    cfg = dataclasses.replace(cfg, dropout=model_cfg.dropout, droppath=model_cfg.droppath, hidden=model_cfg.hidden,
+                              **{f: getattr(loss_cfg, f) for f in LOSS_WEIGHTS}, nms=dec_cfg.nms or "none",
+                              nms_iou=dec_cfg.nms_iou, unit=dec_cfg.unit or 0.0)
     return cfg, model_cfg, loss_cfg, dec_cfg
+
+
+def _check_splits_and_domain(cfg: TrainConfig, cache: Cache):
+    for f in ("train_split", "eval_split"):
+        if getattr(cfg, f) not in cache.splits:
+            raise ConfigError(f"{flag(f)} {_shown(getattr(cfg, f))}: {cache.entry} has no such split; one of "
+                              f"{', '.join(cache.splits)}")
+    known = domains(cache)
+    if cache.dataset in ("youtube", "tvsum") and cfg.domain is None:
+        raise ConfigError(f"--domain: {cache.dataset} is trained per domain; pass one of {', '.join(known)}")
+    if cfg.domain is not None and cfg.domain not in known:
+        raise ConfigError(f"--domain {_shown(cfg.domain)}: " + (f"{cache.entry} has domains {', '.join(known)}"
+                                                                 if known else f"{cache.dataset} has no domains"))
 
 
 def decode_config(dataset: str, cfg: TrainConfig) -> DecodeConfig:
@@ -154,21 +260,35 @@ def start_distributed(device: str) -> tuple[int, int]:
 
 
 def pick_device(name: str) -> torch.device:
-    """auto: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU."""
+    """auto: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU. A device this
+    machine does not have is a ConfigError."""
+    _checked("device", str, name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
     if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU on this machine (torch.cuda.is_available() is False); use "
+                          f"--device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 .. "
+                          f"cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def precision_name(name: str, device: torch.device) -> str:
+    """auto -> bf16 on GPUs that support it, else fp16 on a GPU, fp32 on a CPU; other names as given."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32."""
-    if name == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision_name(name, device)]
 
 
 def seed_everything(seed: int):
@@ -177,13 +297,32 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
+# The reference warms QVHighlights up for 500 of its 6,780 iterations (30 epochs of 4 passes): a dataset's default
+# warm-up is capped at that fraction of the run, so that a small set leaves warm-up as QVHighlights does.
+WARMUP_CAP = 500 / 6780
+
+
+def fit_schedule(cfg: TrainConfig, default_warmup: bool, iterations: int) -> TrainConfig:
+    """The schedule of a run of `iterations` steps: a default warm-up capped at WARMUP_CAP of them (one given as
+    a flag is kept), and a warning for each part that cannot run as configured."""
+    if default_warmup:
+        cfg = dataclasses.replace(cfg, warmup_iters=min(cfg.warmup_iters, round(WARMUP_CAP * iterations)))
+    elif cfg.warmup_iters > iterations:
+        warnings.warn(f"--warmup-iters {cfg.warmup_iters} is longer than the run ({iterations} iterations): the LR "
+                      f"never reaches --lr {cfg.lr:g}")
+    if cfg.lr_drop >= cfg.epochs:
+        warnings.warn(f"--lr-drop {cfg.lr_drop} is not before the last epoch ({cfg.epochs}): the LR never drops")
+    return cfg
+
+
 def lr_factor(it: int, epoch: int, cfg: TrainConfig) -> float:
-    """Linear warmup from warmup_ratio to 1 over warmup_iters iterations, then ×0.1 from epoch lr_drop on."""
+    """Linear warmup from warmup_ratio to 1 over warmup_iters iterations, then ×0.1 from epoch lr_drop on (-1:
+    never)."""
     factor = 1.0
     if it < cfg.warmup_iters:
         alpha = it / cfg.warmup_iters
         factor = cfg.warmup_ratio * (1 - alpha) + alpha
-    if cfg.lr_drop is not None and epoch >= cfg.lr_drop:
+    if cfg.lr_drop != -1 and epoch >= cfg.lr_drop:
         factor *= 0.1
     return factor
 
@@ -214,8 +353,61 @@ def evaluate_split(model, dataset, dec_cfg, device, autocast_dtype, batch_size, 
     return preds, metrics.evaluate(dataset.cache.dataset, preds, gt)
 
 
+def split_dataset(cache: Cache, split: str, role: str, domain: str | None = None,
+                  source: Preloaded | None = None) -> GroundingDataset:
+    """The usable samples of a split that a run uses in `role` ("training" or "evaluation"), in `domain` when one
+    is given; a split with none is refused (CacheError) saying why, before any work is done on it."""
+    data = GroundingDataset(cache, split, train=role == "training", source=source)
+    before = len(data)
+    if domain is not None:
+        data.records = [r for r in data.records if r.domain == domain]
+    if not data.records:
+        raise CacheError(f"{cache.entry}: {role} split {split!r} has no usable sample: "
+                         f"{_why_empty(data, before - len(data.records), domain)}")
+    return data
+
+
+def _why_empty(data: GroundingDataset, out_of_domain: int, domain: str | None) -> str:
+    """Why no record of a split is usable: how many records each cause left out, and what to do."""
+    total = len(data.cache.records(data.split))
+    other_split = f"pass {'--train-split' if data.train else '--eval-split'} with another split"
+    if total == 0:
+        return f"the split has no records; add some to its annotation file and re-extract, or {other_split}"
+    counts = [(data.missing, "without cached features (their videos failed to extract, or extraction has not reached "
+                             f"them yet: `python -m r2.cache verify {data.cache.entry}` says which)"),
+              (len(data.unusable), "whose annotations do not fit their video, first: " + ";".join(data.unusable[:1])),
+              (total - data.missing - len(data.unusable) - out_of_domain,
+               f"with videos shorter than {MIN_TRAIN_SECONDS:g} s (SPEC §4 leaves them out of training)"),
+              (out_of_domain, f"outside domain {domain}")]
+    advice = f"finish its extraction, or {other_split}" if data.missing else other_split
+    return f"{total} records, " + ", ".join(f"{n} {why}" for n, why in counts if n) + f"; {advice}"
+
+
 def predictions_name(dataset: str, split: str) -> str:
     return f"hl_{split}_submission.jsonl" if dataset == "qvhighlights" else f"{split}_preds.jsonl"
+
+
+# What a resumed run takes from the command line: the cache (checked to be the run's own), where and how it runs,
+# and --epochs, which extends it. Every other setting is the run's own; a flag that would change one is refused.
+RESUME_MAY_CHANGE = ("cache", "resume", "epochs", "device", "precision", "workers", "preload", "progress")
+SHOWN_ON_RESUME = ("batch_size", "lr", "lr_drop", "warmup_iters", "passes", "hidden", "dropout", "seed")
+
+
+def resumed_config(given: TrainConfig, ckpt: dict) -> TrainConfig:
+    """The config of a resumed run: its own settings, with the fields of RESUME_MAY_CHANGE as given."""
+    saved = saved_config(ckpt)
+    default = TrainConfig(cache=given.cache)
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(given, f.name)
+        if f.name not in RESUME_MAY_CHANGE and value not in (getattr(default, f.name), getattr(saved, f.name)):
+            raise ConfigError(f"{flag(f.name)} {_shown(value)}: --resume {given.resume} continues the run with its "
+                              f"own settings ({f.name} {_shown(getattr(saved, f.name))}); drop {flag(f.name)}, or "
+                              f"start a new run to change it")
+    epochs = given.epochs or saved.epochs
+    if epochs < ckpt["epoch"]:
+        raise ConfigError(f"--epochs {epochs}: {given.resume} has trained {ckpt['epoch']} epochs already; leave "
+                          f"--epochs out, or pass more to extend the run")
+    return dataclasses.replace(saved, **{**{k: getattr(given, k) for k in RESUME_MAY_CHANGE}, "epochs": epochs})
 
 
 def saved_config(ckpt: dict) -> TrainConfig:
@@ -237,6 +429,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: s
     (default: the dataset's evaluation split). Written to `out`, by default a new folder
     runs/eval-<checkpoint>-<cache>-<split>-<time>, so nothing the run folder holds is replaced.
     Returns (metrics, output folder)."""
+    checkpoint = checkpoint_file(checkpoint)
     ckpt = load_checkpoint(checkpoint, dataset)
     cache = Cache(cache_path)
     check_compatible(ckpt, cache, str(checkpoint), allow_feature_source)
@@ -246,16 +439,10 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: s
     split = cfg.eval_split
     dev = pick_device(device)
     model = build_model(ckpt).to(dev)
-    data = GroundingDataset(cache, split, train=False)
-    if cfg.domain:
-        data.records = [r for r in data.records if r.domain == cfg.domain]
-    if not data.records:
-        raise CacheError(f"{cache.entry}: split {split!r} has no sample with features"
-                         f"{f' in domain {cfg.domain}' if cfg.domain else ''} ({data.missing} without); nothing to "
-                         f"evaluate")
+    data = split_dataset(cache, split, "evaluation", cfg.domain)
     preds, scores = evaluate_split(model, data, dec_cfg, dev, pick_precision("auto", dev), batch_size, 0)
     if out is None:
-        name = Path(checkpoint).parent.name if Path(checkpoint).name in ("best.pt", "last.pt") else Path(
+        name = Path(checkpoint).resolve().parent.name if Path(checkpoint).name in ("best.pt", "last.pt") else Path(
             str(checkpoint).replace(":", "-")).stem
         out = Path("runs") / f"eval-{name}-{Path(cache_path).stem}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
@@ -277,29 +464,36 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, cache: Cache | None = None, features: Preloaded | None = None):
         self.cache = cache if cache is not None else Cache(cfg.cache)
         self.features = features
+        self.cache_identity = cache_identity(self.cache)
         resume = None
         if cfg.resume:
             resume = load_checkpoint(Path(cfg.resume) / "last.pt")
             check_compatible(resume, self.cache, f"{cfg.resume}/last.pt")
-            saved = saved_config(resume)
-            # the run's own settings, except where it runs and for how long (--epochs extends a finished run)
-            cfg = dataclasses.replace(saved, resume=cfg.resume, cache=cfg.cache, progress=cfg.progress,
-                                      workers=cfg.workers, preload=cfg.preload, device=cfg.device,
-                                      epochs=cfg.epochs or saved.epochs)
-        self.cfg, self.model_cfg, self.loss_cfg, self.dec_cfg = resolve(cfg, self.cache)
-        cfg = self.cfg
+            check_same_cache(resume, self.cache_identity, f"{cfg.resume}/last.pt")
+            cfg = resumed_config(cfg, resume)
+        elif cfg.out:
+            _refuse_finished_work(Path(cfg.out))
+        default_warmup = cfg.warmup_iters is None
+        cfg, self.model_cfg, self.loss_cfg, self.dec_cfg = resolve(cfg, self.cache)
         self.rank, self.world = start_distributed(cfg.device)
         self.device = pick_device(cfg.device)
-        if cfg.workers is None:
-            cfg.workers = 4 if self.device.type == "cuda" else 0
+        cfg = dataclasses.replace(cfg, device=str(self.device), precision=precision_name(cfg.precision, self.device),
+                                  workers=(4 if self.device.type == "cuda" else 0) if cfg.workers is None else
+                                  cfg.workers)
+        if cfg.batch_size % self.world:
+            raise ConfigError(f"--batch-size {cfg.batch_size}: the global batch must be a multiple of the "
+                              f"{self.world} processes")
+        self.cfg = cfg
         self.autocast_dtype = pick_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)
 
-        self.train_set = self._dataset(cfg.train_split, train=True)
-        self.eval_set = self._dataset(cfg.eval_split, train=False)
-        if len(self.train_set) == 0:
-            raise CacheError(f"{cfg.cache}: no training sample in split {cfg.train_split!r} has features "
-                             f"({self.train_set.missing} records without cached video/query); run extraction")
+        self.train_set = self._dataset(cfg.train_split, "training")
+        self.eval_set = self._dataset(cfg.eval_split, "evaluation")
+        self.iters_per_epoch = cfg.passes * len(self._sampler(0))
+        if self.iters_per_epoch == 0:
+            raise ConfigError(f"--train-split {cfg.train_split}: {len(self.train_set)} training samples cannot feed "
+                              f"{self.world} processes; train on fewer processes")
+        self.cfg = cfg = fit_schedule(cfg, default_warmup, self.iters_per_epoch * cfg.epochs)
         self.model = R2Model(self.model_cfg).to(self.device)
         self.ddp = None
         if self.world > 1:  # gradients averaged across ranks; TVSum/YouTube keep an unused boundary coefficient
@@ -308,24 +502,26 @@ class Trainer:
                 find_unused_parameters=not self.model_cfg.boundary)
         self.criterion = Criterion(self.loss_cfg)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.batch_size % self.world:
-            raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must be a multiple of the "
-                             f"{self.world} processes")
-        self.iters_per_epoch = cfg.passes * len(self._sampler(0))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: lr_factor(it, it // self.iters_per_epoch, cfg))
+            self.optimizer, lambda it: lr_factor(it, it // self.iters_per_epoch, self.cfg))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.epoch = 0
         self.best = {"metric": metrics.headline(self.cache.dataset), "value": -math.inf, "epoch": -1}
+        self.link_latest = resume is None  # a new run becomes <cache name>-latest once it has a best.pt
         if resume is not None:
             self.out = Path(cfg.resume)
             self._restore(resume)
+            if self.rank == 0:
+                print(f"resuming {self.out} after epoch {self.epoch} of {cfg.epochs}: the run keeps its settings "
+                      f"({', '.join(f'{k} {getattr(cfg, k)}' for k in SHOWN_ON_RESUME)}; the rest as in "
+                      f"{self.out / 'config.json'})")
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = [Path(cfg.out) if cfg.out else Path("runs") / f"{Path(cfg.cache).stem}-{stamp}"]
             if self.world > 1:
                 torch.distributed.broadcast_object_list(out, src=0)  # every rank uses rank 0's folder
             self.out = out[0]
+            self.cfg = dataclasses.replace(cfg, out=str(self.out))
             if self.rank == 0:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "config.json").write_text(json.dumps(self.describe(), indent=2))
@@ -334,10 +530,8 @@ class Trainer:
         seed = self.cfg.seed * 1000 + epoch * 10 + part
         return GlobalBatchSampler(len(self.train_set), self.cfg.batch_size, seed, self.rank, self.world)
 
-    def _dataset(self, split: str, train: bool) -> GroundingDataset:
-        ds = GroundingDataset(self.cache, split, train=train, source=self.features)
-        if self.cfg.domain is not None:
-            ds.records = [r for r in ds.records if r.domain == self.cfg.domain]
+    def _dataset(self, split: str, role: str) -> GroundingDataset:
+        ds = split_dataset(self.cache, split, role, self.cfg.domain, self.features)
         if self.cfg.preload and self.features is None:
             vids, texts = ds.vids_and_texts()
             ds.source = Preloaded(self.cache, vids, texts, device="cpu")
@@ -349,9 +543,9 @@ class Trainer:
         return {"dataset": self.cache.dataset, "cache": str(self.cfg.cache), **dataclasses.asdict(self.cfg),
                 "model_config": dataclasses.asdict(self.model_cfg), "loss_config": dataclasses.asdict(self.loss_cfg),
                 "decode_config": dataclasses.asdict(self.dec_cfg), "fingerprint": self.cache.fingerprint,
-                "dims": self.cache.dims, "headline": self.best["metric"], "device": str(self.device),
+                "dims": self.cache.dims, "cache_identity": self.cache_identity, "headline": self.best["metric"],
                 "autocast": str(self.autocast_dtype), "train_samples": len(self.train_set),
-                "eval_samples": len(self.eval_set)}
+                "eval_samples": len(self.eval_set), "iterations": self.iters_per_epoch * self.cfg.epochs}
 
     def _restore(self, ckpt: dict):
         self.model.load_state_dict(ckpt["model"])
@@ -368,8 +562,8 @@ class Trainer:
 
     def _save(self, path: Path, full: bool):
         train_frames = max(self.cache.num_frames(r.vid) for r in self.train_set.records)
-        state = {**checkpoint_meta(self.cache, dataclasses.asdict(self.cfg), self.model_cfg, train_frames), "model": self.model.state_dict(),
-                 "epoch": self.epoch, "best": self.best}
+        state = {**checkpoint_meta(self.cache, self.cache_identity, dataclasses.asdict(self.cfg), self.model_cfg,
+                                   train_frames), "model": self.model.state_dict(), "epoch": self.epoch, "best": self.best}
         if full:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          scaler=self.scaler.state_dict(),
@@ -433,6 +627,9 @@ class Trainer:
             metrics.write_submission(self.out / predictions_name(self.cache.dataset, cfg.eval_split), preds)
             (self.out / "metrics.json").write_text(json.dumps(
                 {"epoch": self.epoch, "split": cfg.eval_split, "headline": self.best["metric"], **scores}, indent=2))
+            if self.link_latest:
+                link_latest(self.out, Path(cfg.cache).stem)
+                self.link_latest = False
         _append_csv(self.out / "log.csv", row)
         self._save(self.out / "last.pt", full=True)
         tqdm.write(f"epoch {self.epoch}/{cfg.epochs} loss {train_losses['loss']:.4f} | "
@@ -443,8 +640,8 @@ class Trainer:
         if self.rank == 0:
             print(f"run folder {self.out} | {len(self.train_set)} train / {len(self.eval_set)} {cfg.eval_split} samples"
                   f" | {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters | "
-                  f"{self.device} {self.autocast_dtype or 'fp32'} | {self.world} process(es) | "
-                  f"best by {self.best['metric']}")
+                  f"{self.device} {cfg.precision} | {self.world} process(es) | warm-up {cfg.warmup_iters} of "
+                  f"{self.iters_per_epoch * cfg.epochs} iterations | best by {self.best['metric']}")
         while self.epoch < cfg.epochs:
             start = time.time()
             train_losses = self.train_epoch()
@@ -456,6 +653,28 @@ class Trainer:
         if self.world > 1:
             torch.distributed.destroy_process_group()
         return self.best
+
+
+def _refuse_finished_work(out: Path):
+    """A new run never writes into a folder that holds another run: its best.pt and log would be replaced."""
+    held = [name for name in ("config.json", "log.csv", "last.pt", "best.pt") if (out / name).exists()]
+    if held:
+        raise ConfigError(f"--out {_shown(out)}: already holds a run ({', '.join(held)}); continue it with --resume "
+                          f"{_shown(out)}, or pass another --out")
+
+
+def link_latest(run: Path, name: str):
+    """Point <name>-latest beside the run folder at it (a relative link), atomically: the new link is made under a
+    temporary name and renamed over the old one, so a reader always finds one of the two runs. A file or folder
+    of that name that is not a link is left alone, with a warning."""
+    link = run.parent / f"{name}-latest"
+    if link.exists() and not link.is_symlink():
+        warnings.warn(f"{link} is not a link; not pointing it at {run}", stacklevel=2)
+        return
+    tmp = run.parent / f".{link.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run.name, target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def _append_csv(path: Path, row: dict):

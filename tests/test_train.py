@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2.cache import Cache
+from r2.cache import Cache, CacheError, parts_dir, write_entry
 from r2.data import GroundingDataset
 from r2.decode import decode_config_for
 from r2.model import R2Model
+from r2.predict import Predictor
 from r2.checkpoint import load_checkpoint
 from r2.errors import CheckpointError
-from r2.train import TrainConfig, Trainer, evaluate_split, evaluate_checkpoint
+from r2.train import WARMUP_CAP, ConfigError, TrainConfig, Trainer, evaluate_split, evaluate_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(batch_size=4, hidden=64, workers=0, progress=False)
@@ -27,6 +28,15 @@ def demo(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(REPO / "extract" / "run.py"), "--dataset", "demo", "--clip", "tiny",
                     "--demo-videos", "12", "--out", str(out), "--no-progress"], check=True, capture_output=True)
     return out
+
+
+def derived_cache(demo: Path, entry: Path, annotations: dict[str, list[dict]]) -> Path:
+    """Another cache entry over demo's features (its parts folder linked), with these annotations: it has demo's
+    fingerprint and dims, as a cache extracted with the same settings would."""
+    src = Cache(demo)
+    write_entry(entry, dataset=src.dataset, fingerprint=src.fingerprint, dims=src.dims, annotations=annotations)
+    parts_dir(entry).symlink_to(parts_dir(demo).resolve(), target_is_directory=True)
+    return entry
 
 
 def log_rows(run: Path) -> list[dict]:
@@ -65,8 +75,9 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(run3, demo, tmp_
     Trainer(TrainConfig(cache=str(demo), epochs=3, out=str(again), **SMALL)).fit()
     assert log_rows(again) == log_rows(run3)
 
-    stopped = tmp_path / "stopped"
-    Trainer(TrainConfig(cache=str(demo), epochs=1, out=str(stopped), **SMALL)).fit()
+    stopped = tmp_path / "stopped"  # run3's schedule (its warm-up is capped by its 3 epochs), stopped after 1
+    warmup = json.loads((run3 / "config.json").read_text())["warmup_iters"]
+    Trainer(TrainConfig(cache=str(demo), epochs=1, warmup_iters=warmup, out=str(stopped), **SMALL)).fit()
     Trainer(TrainConfig(cache=str(demo), resume=str(stopped), epochs=3, workers=0, progress=False)).fit()
     assert log_rows(stopped) == log_rows(run3)
     assert json.loads((stopped / "metrics.json").read_text()) == json.loads((run3 / "metrics.json").read_text())
@@ -134,3 +145,93 @@ def test_two_process_gloo_matches_single_process(demo, tmp_path):
         for key in ("train_loss_cls", "train_loss_reg", "train_loss_layer_nce"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=0.02), key
     assert (tmp_path / "two" / "best.pt").exists() and json.loads((tmp_path / "two" / "config.json").read_text())
+
+
+def test_a_split_without_usable_sample_is_refused_before_training(demo, tmp_path):
+    """An evaluation split whose videos all failed (or are still being extracted) used to crash after a full
+    epoch, with no checkpoint; every split the run uses is now checked before anything is trained or written."""
+    src = Cache(demo)
+    gone = [dict(r, vid=f"failed-{r['vid']}") for r in src.records("val")]
+    entry = derived_cache(demo, tmp_path / "noval.h5", {"train": src.records("train"), "val": gone})
+    out = tmp_path / "run"
+    with pytest.raises(CacheError, match=r"noval.h5: evaluation split 'val' has no usable sample: "
+                                         rf"{len(gone)} records, {len(gone)} without cached features"):
+        Trainer(TrainConfig(cache=str(entry), out=str(out), **SMALL))
+    with pytest.raises(CacheError, match=r"training split 'val' has no usable sample"):
+        Trainer(TrainConfig(cache=str(entry), out=str(out), train_split="val", eval_split="train", **SMALL))
+    with pytest.raises(ConfigError, match=r"^--eval-split test: \S*noval.h5 has no such split; one of train, val$"):
+        Trainer(TrainConfig(cache=str(entry), out=str(out), eval_split="test", **SMALL))
+    with pytest.raises(ConfigError, match=r"^--domain BK: demo has no domains"):
+        Trainer(TrainConfig(cache=str(entry), out=str(out), domain="BK", **SMALL))
+    assert not out.exists()
+    done = subprocess.run([sys.executable, str(REPO / "train" / "fit.py"), "--cache", str(entry), "--out", str(out),
+                           "--batch-size", "4", "--no-progress"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "evaluation split 'val'" in done.stderr
+    assert not out.exists()
+
+
+def test_resume_refuses_another_cache_and_settings_it_would_ignore(run3, demo, tmp_path, capsys):
+    src = Cache(demo)
+    fewer = derived_cache(demo, tmp_path / "fewer.h5", {"train": src.records("train"), "val": src.records("val")[:2]})
+    copy = derived_cache(demo, tmp_path / "copy.h5", {s: src.records(s) for s in src.splits})
+    assert Cache(fewer).fingerprint == Cache(copy).fingerprint == src.fingerprint
+    for other in (fewer, copy):  # the same fingerprint: before, both were accepted and the log mixed two val sets
+        with pytest.raises(CheckpointError, match=rf"was trained on the cache {demo}.*{other.name} is another"):
+            Trainer(TrainConfig(cache=str(other), resume=str(run3), progress=False))
+    for name, value in [("lr", 0.01), ("batch_size", 8), ("hidden", 128), ("seed", 7), ("dropout", 0.3),
+                        ("out", str(tmp_path / "elsewhere"))]:
+        flag = "--" + name.replace("_", "-")
+        with pytest.raises(ConfigError, match=rf"^{flag} {value}: --resume {run3} continues the run with its own "
+                                              rf"settings \({name} "):
+            Trainer(TrainConfig(cache=str(demo), resume=str(run3), progress=False, **{name: value}))
+    with pytest.raises(ConfigError, match=rf"^--out {run3}: already holds a run \(config.json, log.csv, last.pt, "
+                                          rf"best.pt\); continue it with --resume {run3}"):
+        Trainer(TrainConfig(cache=str(demo), out=str(run3), **SMALL))  # a new run would replace its best.pt
+    with pytest.raises(ConfigError, match=r"^--epochs 2: .* has trained 3 epochs already"):
+        Trainer(TrainConfig(cache=str(demo), resume=str(run3), epochs=2, progress=False))
+    capsys.readouterr()
+    trainer = Trainer(TrainConfig(cache=str(demo), resume=str(run3), lr=1e-3, batch_size=4, hidden=64, epochs=5,
+                                  progress=False))  # the run's own values are no change; --epochs extends it
+    assert trainer.cfg.epochs == 5 and trainer.epoch == 3 and trainer.out == run3
+    said = capsys.readouterr().out
+    assert f"resuming {run3} after epoch 3 of 5" in said and "keeps its settings" in said and "lr 0.001" in said
+
+
+def test_a_run_folder_is_its_best_checkpoint_and_latest_links_the_newest_run(run3, demo, tmp_path):
+    assert load_checkpoint(run3)["epoch"] == load_checkpoint(run3 / "best.pt")["epoch"]
+    link = run3.parent / "demo-latest"
+    assert link.is_symlink() and os.readlink(link) == run3.name
+    scores, _ = evaluate_checkpoint(run3, demo, "val", out=tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "val_metrics.json").read_text())["checkpoint"] == str(run3 / "best.pt")
+    assert Predictor(link, device="cpu").dataset == "demo"  # r2.predict takes a run folder too
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=rf"^{empty}: a folder without best.pt"):
+        load_checkpoint(empty)
+    for name in ("a", "b"):
+        Trainer(TrainConfig(cache=str(demo), epochs=1, out=str(tmp_path / name), **SMALL)).fit()
+        assert os.readlink(tmp_path / "demo-latest") == name
+    Trainer(TrainConfig(cache=str(demo), resume=str(tmp_path / "a"), epochs=2, workers=0, progress=False)).fit()
+    assert os.readlink(tmp_path / "demo-latest") == "b"  # a resumed run is not a newer one
+    done = subprocess.run([sys.executable, str(REPO / "train" / "evaluate.py"), "--checkpoint",
+                           str(tmp_path / "demo-latest"), "--cache", str(demo), "--split", "val"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [p.name.startswith("eval-b-demo-val-") for p in (tmp_path / "runs").iterdir()] == [True]
+
+
+def test_warmup_is_capped_and_config_json_holds_resolved_values(run3, demo, tmp_path):
+    config = json.loads((run3 / "config.json").read_text())
+    total = config["iterations"]
+    assert config["warmup_iters"] == round(WARMUP_CAP * total) < 100  # the demo schedule's 100 would never end
+    assert round(WARMUP_CAP * 6780) == 500  # the reference: 500 of QVHighlights' 6,780 iterations
+    assert [k for k, v in config.items() if v is None] == ["domain", "resume"]
+    assert config["out"] == str(run3) and config["workers"] == 0 and config["device"] == "cpu"
+    assert config["dropout"] == config["model_config"]["dropout"] == 0.1 and config["hidden"] == 64
+    assert config["nms"] == "hard" and config["unit"] == 2.0 and config["precision"] == "fp32"
+    assert config["cls_weight"] == config["loss_config"]["cls_weight"]
+    with pytest.warns(UserWarning, match=r"--lr-drop 10 is not before the last epoch \(3\): the LR never drops"):
+        Trainer(TrainConfig(cache=str(demo), epochs=3, out=str(tmp_path / "drop"), **SMALL))
+    with pytest.warns(UserWarning, match=rf"--warmup-iters 1000 is longer than the run \({total} iterations\)"):
+        Trainer(TrainConfig(cache=str(demo), epochs=3, warmup_iters=1000, lr_drop=-1, out=str(tmp_path / "w"),
+                            **SMALL))

@@ -1,10 +1,12 @@
 """Evaluate a checkpoint on a split of a cache: writes the predictions and <split>_metrics.json to a new folder.
 
+    python train/evaluate.py --checkpoint runs/demo-latest --cache cache/demo.h5 --split val
     python train/evaluate.py --checkpoint runs/demo-x/best.pt --cache cache/demo.h5 --split val
     python train/evaluate.py --checkpoint r2_tuning_qvhighlights-ed516355.pth --cache cache/qvhighlights.h5
     python train/evaluate.py --checkpoint r2-tuning:qvhighlights --cache cache/qvhighlights.h5
 
-The checkpoint is r2's own (best.pt / last.pt), one of the authors' nncore files (.pth), or a zoo name
+The checkpoint is r2's own (best.pt / last.pt, or a run folder: its best.pt; runs/<cache name>-latest links the
+newest run of a cache), one of the authors' nncore files (.pth), or a zoo name
 (r2-tuning:qvhighlights, r2-tuning:tvsum_bk, ...: downloaded once into ~/.cache/r2/zoo and checked).
 """
 import argparse
@@ -21,7 +23,8 @@ from r2.train import evaluate_checkpoint  # noqa: E402
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="r2 best.pt/last.pt, an official R²-Tuning .pth, or a zoo name (r2-tuning:NAME)")
+                   help="an r2 run folder (its best.pt, e.g. runs/demo-latest), best.pt/last.pt, an official "
+                        "R²-Tuning .pth, or a zoo name (r2-tuning:NAME)")
     p.add_argument("--cache", required=True, type=Path, help="the cache entry file (cache/<name>.h5)")
     p.add_argument("--split", help="split to evaluate (default: the run's evaluation split, else the dataset's)")
     p.add_argument("--out", type=Path,

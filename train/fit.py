@@ -3,19 +3,25 @@
     python train/fit.py --cache cache/demo.h5
     python train/fit.py --cache cache/tacos.h5 --lr 1e-4 --epochs 5 --out runs/tacos-lr1e-4
     python train/fit.py --cache cache/tvsum.h5 --domain BK
-    python train/fit.py --resume runs/tacos-lr1e-4 --cache cache/tacos.h5
+    python train/fit.py --resume runs/tacos-lr1e-4 --cache cache/tacos.h5 [--epochs 150]
+
+Every value is checked before any work (a bad one is one "error: ..." line naming the flag). A resumed run keeps its
+own settings and cache: only --epochs (to extend it), --device, --precision, --workers, --(no-)preload and
+--(no-)progress may differ. Once a new run has a best.pt, <runs>/<cache name>-latest links to it.
 """
 import argparse
 import dataclasses
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r2.errors import R2Error  # noqa: E402
 from r2.train import TrainConfig, Trainer  # noqa: E402
+
 
 def _field_type(f: dataclasses.Field):
     """The scalar type of a TrainConfig field (`int | None` -> int)."""
@@ -39,10 +45,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(args) -> int:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    """Exit code 0 when the run finished; 2 for a setting or file it cannot use (one "error: ..." line, before
+    any training). Warnings print as one "warning: ..." line each."""
+    warnings.showwarning = _one_line_warning
     try:
-        trainer = Trainer(cfg)
+        trainer = Trainer(TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}))
     except (R2Error, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
