@@ -85,7 +85,7 @@ _FRACTION = (_number(lambda v: 0 <= v < 1), "a number in [0, 1)")
 # field -> (test of a value of the field's type, what it allows); None (where a field's type allows it) always
 # passes: it means the dataset's default
 _RULES: dict[str, tuple[Callable, str]] = {
-    "cache": (bool, "a cache entry file (cache/<name>.h5)"),
+    "cache": (lambda v: True, "a cache entry file (cache/<name>.h5)"),  # "": an official checkpoint's (none)
     "out": (bool, "a folder path"),
     "domain": (bool, "a domain name (YouTube Highlights / TVSum)"),
     "batch_size": _AT_LEAST_1,
