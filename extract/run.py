@@ -33,10 +33,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="custom dataset: frames sampled per second (default 0.5)")
     p.add_argument("--out", type=Path, help="cache entry file (default: cache/<dataset>.h5)")
     p.add_argument("--shard", default="0/1", help="I/N: extract the I-th of N disjoint parts (one per process)")
-    p.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward")
+    p.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward (>= 1)")
     p.add_argument("--device", default="auto", help="where CLIP runs: auto (a GPU if present), cpu, cuda, cuda:N")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for CLIP (faster on CPU)")
-    p.add_argument("--demo-videos", type=int, default=300, help="number of generated demo videos")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast for CLIP: faster only on GPUs and CPUs with bf16 units (AVX-512 BF16 / "
+                        "AMX); on an AVX2-only CPU it is about 3x slower (README: Benchmarks). Changes the "
+                        "fingerprint, so it needs its own cache")
+    p.add_argument("--demo-videos", type=int, default=300, help="number of generated demo videos (>= 1)")
     p.add_argument("--no-progress", action="store_true")
     return p
 

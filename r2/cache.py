@@ -672,9 +672,14 @@ class Cache:
         """A split's annotation records (Record.to_json dicts) as stored in the entry file."""
         if split not in self.splits:
             raise CacheError(f"{self.entry}: no split {split!r}; this cache has {self.splits}")
-        with h5py.File(self.entry, "r") as f:
-            text = f["annotations"][split][()].decode("utf-8")
-        return [json.loads(line) for line in text.splitlines() if line]
+        try:
+            with h5py.File(self.entry, "r") as f:
+                text = f["annotations"][split][()].decode("utf-8")
+            return [json.loads(line) for line in text.splitlines() if line]
+        except (OSError, KeyError, ValueError) as e:  # ValueError: bad UTF-8 or JSON
+            raise CacheError(f"{self.entry}: cannot read the annotations of split {split!r} ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]}); rebuild the entry: re-run the extraction command "
+                             f"or extract/merge.py --dataset NAME") from None
 
     # -- features
     def _file(self, segment: int) -> h5py.File:

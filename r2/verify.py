@@ -289,6 +289,15 @@ def _decode_items(path: Path, what: str, blob: bytes, index: np.ndarray, errors:
 
 
 def _records(entry: Path, splits: list[str], errors: list[str]) -> list[datasets.Record]:
+    try:
+        return _read_records(entry, splits, errors)
+    except (OSError, KeyError, UnicodeDecodeError) as e:
+        errors.append(f"{entry.name}: its annotations cannot be read ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())[:200]}); rebuild the entry with extract/merge.py --dataset NAME")
+        return []
+
+
+def _read_records(entry: Path, splits: list[str], errors: list[str]) -> list[datasets.Record]:
     records = []
     with h5py.File(entry, "r") as f:
         group = f.get("annotations")

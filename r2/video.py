@@ -35,6 +35,9 @@ __all__ = ["Frames", "FrameStream", "VideoDecodeError", "decode", "ffmpeg_exe", 
 
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _KEEP_ERROR_LINES = 8  # the last ffmpeg error lines kept for a failure message (stderr is never held whole)
+MAX_ASPECT = 4  # frames wider (or taller) than this are centre-cropped to it before scaling
+# ffmpeg's wrappers around the real error ("Error opening input file X.", "Conversion failed!"): never a reason
+_GENERIC_ERROR = re.compile(r"Error opening (input|output) files?\b.*|Conversion failed!?|Error opening input\s*$")
 
 
 class VideoDecodeError(R2Error):
@@ -113,7 +116,14 @@ class _StderrWatcher(threading.Thread):
         self.stream.close()
 
     def reason(self, default: str) -> str:
-        return self.errors[0] if self.errors else default
+        """ffmpeg's distinct error lines that say something (at most three), e.g. "moov atom not found; Invalid
+        data found when processing input", without its generic wrappers; `default` when it printed none."""
+        lines: list[str] = []
+        for line in self.errors:
+            line = re.sub(r"^Error opening input:\s*", "", line)
+            if line and not _GENERIC_ERROR.fullmatch(line) and line not in lines:
+                lines.append(line)
+        return "; ".join(lines[:3]) or default
 
 
 def _ffmpeg_graph(source: str, fps: float, size: int, first_frame_only: bool):
@@ -130,6 +140,9 @@ def _ffmpeg_graph(source: str, fps: float, size: int, first_frame_only: bool):
             threads=_decode_threads(),
         )
         .video.filter("fps", **fps_args)  # sample before scaling: only kept frames are scaled
+        # A no-op below MAX_ASPECT:1; beyond, the long side is centre-cropped first, so a 2x8000 video is not
+        # scaled to 224x896000 (1.5 GB) only to keep its centre: the final crop sees the same middle of the frame.
+        .filter("crop", f"min(iw,{MAX_ASPECT}*ih)", f"min(ih,{MAX_ASPECT}*iw)")
         .filter("scale", size, size, force_original_aspect_ratio="increase", flags="bicubic")  # short side = size
         .filter("crop", size, size)  # centred by default
     )

@@ -7,6 +7,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -131,3 +132,14 @@ def test_a_segment_that_is_not_hdf5_is_named(tmp_path):
         Cache(entry)
     report = verify(entry)
     assert report.exit_code == 2 and any(segment.name in e for e in report.errors)
+
+
+def test_an_entry_with_damaged_annotations_is_named(tmp_path):
+    entry = tmp_path / "x.h5"
+    write_entry(entry, dataset="demo", fingerprint=FP, dims=DIMS, annotations={"train": [{"qid": 1}]})
+    with h5py.File(entry, "r+") as f:
+        del f["annotations"]["train"]
+    with pytest.raises(CacheError, match=f"{entry}: cannot read the annotations of split 'train'"):
+        Cache(entry).records("train")
+    report = verify(entry)
+    assert report.exit_code == 2 and any("annotations/train is missing" in e for e in report.errors), report.errors

@@ -159,3 +159,8 @@ def test_an_unwritable_out_names_the_real_cause(corpus, tmp_path, capsys):
     assert extract(corpus, tmp_path / "a file" / "c.h5") == 2
     err = capsys.readouterr().err
     assert "not a folder" in err and "disk full" not in err, err
+
+
+def test_bf16_help_says_where_it_is_slower():
+    text = " ".join(run_cli.get_args_parser().format_help().split())
+    assert "faster on CPU" not in text and "on an AVX2-only CPU it is about 3x slower" in text
