@@ -496,6 +496,8 @@ def merge(entry: str | Path, dataset: str | None = None, annotations: dict[str, 
             raise cache.CacheError(f"{path} and {paths[0]} were made with other settings "
                                    f"({cache.fingerprint_diff(index.fingerprint, first.fingerprint) or 'dims differ'})"
                                    f": re-extract one of them with the other's settings")
+    shard_count = int(SEGMENT_RE.fullmatch(paths[0].name)[2]) if SEGMENT_RE.fullmatch(paths[0].name) else 1
+    cache.check_before_writing(entry, first.fingerprint, first.dims, (0, shard_count))  # mixed counts, stray files
     mismatch = fps_mismatches([r for rs in annotations.values() for r in rs],
                               {v: fps for index in indexes for v, (_, _, _, fps) in index.videos.items()})
     if mismatch:

@@ -164,3 +164,13 @@ def test_an_unwritable_out_names_the_real_cause(corpus, tmp_path, capsys):
 def test_bf16_help_says_where_it_is_slower():
     text = " ".join(run_cli.get_args_parser().format_help().split())
     assert "faster on CPU" not in text and "on an AVX2-only CPU it is about 3x slower" in text
+
+
+def test_merge_refuses_mixed_shard_counts_before_writing_the_entry(extracted, corpus, tmp_path, capsys):
+    copy = copy_cache(extracted, tmp_path)
+    copy.unlink()
+    segment = next(parts_dir(copy).glob("shard-00000-of-00001.*.h5"))
+    shutil.copy(segment, parts_dir(copy) / "shard-00001-of-00002.000.h5")  # a segment of another shard count
+    annotations = [str(corpus / "train.jsonl"), str(corpus / "val.jsonl")]
+    assert merge("--out", str(copy), "--dataset", "custom", "--annotations", *annotations) == 2
+    assert "holds shards of" in capsys.readouterr().err and not copy.exists()
