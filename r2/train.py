@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from r2 import datasets, metrics
+from r2 import datasets, engine, metrics
 from r2.cache import Cache, CacheError
 from r2.checkpoint import (build_model, cache_identity, check_compatible, check_same_cache, checkpoint_file,
                            checkpoint_meta, load_checkpoint, save)
@@ -585,21 +585,10 @@ class Trainer:
                                 num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
             for batch in loader:
                 batch = to_device(batch, self.device)
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                    enabled=self.autocast_dtype is not None):
-                    outputs = model(batch["video"], batch["video_mask"], batch["query"], batch["query_mask"])
-                losses = self.criterion(outputs, batch)
+                losses = engine.train_step(model, self.criterion, self.optimizer, self.scaler, batch, self.device,
+                                           self.autocast_dtype, cfg.grad_clip, params=self.model.parameters(),
+                                           scheduler=self.scheduler, where=f"epoch {self.epoch + 1} step {steps}")
                 loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"epoch {self.epoch + 1} step {steps}: non-finite loss "
-                                             f"{ {k: float(v.detach()) for k, v in losses.items()} }")
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 steps += 1
