@@ -44,6 +44,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -508,6 +509,7 @@ def _swmr_access() -> h5py.h5p.PropFAID:
     return fapl
 
 
+@functools.lru_cache(maxsize=None)
 def _hdf5_function(name: str):
     """A C function of the HDF5 library h5py loaded (h5py does not wrap every property setter), or None."""
     try:

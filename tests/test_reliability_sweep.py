@@ -40,7 +40,7 @@ def alive(pid: int) -> bool:
 
 def test_interrupted_sweep_keeps_its_table_and_the_same_command_resumes(demo_cache, tmp_path):  # noqa: F811
     out = tmp_path / "sweep"
-    cmd = sweep_cmd(demo_cache, out, "--grid", "seed=1,2,3")
+    cmd = sweep_cmd(demo_cache, out, "--grid", "seed=1,2,3", "--epochs", "3")  # two trials left to interrupt
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = out / "0_seed=1" / "trial.json"
     wait_for(lambda: first.exists() or proc.poll() is not None, 300, "the first trial")
