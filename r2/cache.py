@@ -715,13 +715,16 @@ class Cache:
     def _read(self, segment: int, name: str, first: int, rows: int) -> np.ndarray:
         """Rows [first, first + rows) of a segment's dataset, after checking that the file still holds every
         committed byte: HDF5 reads a chunk lost to truncation (a file cut while a trainer runs) as zeros."""
+        path = self.segments[segment]
         try:
-            out = self._file(segment)[name][first:first + rows]
+            f = self._file(segment)
+            out = f[name][first:first + rows]
+            if _file_size(path) < self._needed[segment]:  # the file shrank: do these rows' chunks still fit?
+                check_size(path, _committed_end(f, name, first + rows))
         except (OSError, RuntimeError) as e:
-            raise CacheError(f"{self.segments[segment]}: cannot read {name} rows {first}..{first + rows} "
+            raise CacheError(f"{path}: cannot read {name} rows {first}..{first + rows} "
                              f"({' '.join(str(e).split())[:200]}); the segment is damaged: delete it and re-run "
                              f"extraction for its shard") from None
-        check_size(self.segments[segment], self._needed[segment])
         return out
 
     def close(self):
