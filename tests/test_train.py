@@ -1,5 +1,6 @@
 """Stage 2 end to end on a small generated demo cache: run folder, determinism, resume, learning, refusals, DDP."""
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from r2.model import R2Model
 from r2.predict import Predictor
 from r2.checkpoint import load_checkpoint
 from r2.errors import CheckpointError
-from r2.train import WARMUP_CAP, ConfigError, TrainConfig, Trainer, evaluate_split, evaluate_checkpoint
+from r2.train import WARMUP_CAP, ConfigError, TrainConfig, Trainer, evaluate_checkpoint, evaluate_split, fit_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(batch_size=4, hidden=64, workers=0, progress=False)
@@ -75,7 +76,7 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(run3, demo, tmp_
     Trainer(TrainConfig(cache=str(demo), epochs=3, out=str(again), **SMALL)).fit()
     assert log_rows(again) == log_rows(run3)
 
-    stopped = tmp_path / "stopped"  # run3's schedule (its warm-up is capped by its 3 epochs), stopped after 1
+    stopped = tmp_path / "stopped"  # run3's schedule, stopped after 1 epoch (the warm-up given as run3 resolved it)
     warmup = json.loads((run3 / "config.json").read_text())["warmup_iters"]
     Trainer(TrainConfig(cache=str(demo), epochs=1, warmup_iters=warmup, out=str(stopped), **SMALL)).fit()
     Trainer(TrainConfig(cache=str(demo), resume=str(stopped), epochs=3, workers=0, progress=False)).fit()
@@ -223,8 +224,13 @@ def test_a_run_folder_is_its_best_checkpoint_and_latest_links_the_newest_run(run
 def test_warmup_is_capped_and_config_json_holds_resolved_values(run3, demo, tmp_path):
     config = json.loads((run3 / "config.json").read_text())
     total = config["iterations"]
-    assert config["warmup_iters"] == round(WARMUP_CAP * total) < 100  # the demo schedule's 100 would never end
     assert round(WARMUP_CAP * 6780) == 500  # the reference: 500 of QVHighlights' 6,780 iterations
+    custom = TrainConfig(cache="c", batch_size=16, epochs=30, lr=1e-3, lr_drop=20, warmup_iters=100, passes=1)
+    assert fit_schedule(custom, True, 30, "custom").warmup_iters == 2  # 1 iteration an epoch: 7.4 % of 30
+    assert fit_schedule(custom, False, 3000, "custom").warmup_iters == 100  # given as a flag: kept
+    tvsum = dataclasses.replace(custom, epochs=500, lr_drop=-1, warmup_iters=50)
+    assert fit_schedule(tvsum, True, 500, "tvsum").warmup_iters == 50  # the paper's schedules are kept exactly
+    assert config["warmup_iters"] == 100  # the demo keeps its own schedule
     assert [k for k, v in config.items() if v is None] == ["domain", "resume"]
     assert config["out"] == str(run3) and config["workers"] == 0 and config["device"] == "cpu"
     assert config["dropout"] == config["model_config"]["dropout"] == 0.1 and config["hidden"] == 64
