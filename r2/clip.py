@@ -350,11 +350,18 @@ def _run_blocks(blocks: nn.Sequential, x: torch.Tensor, layers: list[int], causa
     return taps
 
 
+def _check_batch_size(batch_size: int):
+    """A batch size < 1 would skip every batch and return an output buffer that was never written."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size!r}: must be an integer >= 1")
+
+
 def encode_frames(clip: Clip, frames: np.ndarray | torch.Tensor, layers: Sequence[int], batch_size: int = 64,
                   bf16: bool = False) -> torch.Tensor:
     """Visual taps: uint8 RGB frames (T, S, S, 3) at S = clip.image_size -> float32 (T, K, P+1, Dv), the residual
     stream after each 1-based block in `layers` (ascending), [CLS] at token 0."""
     layers = _check_layers(layers, clip.vision_layers)
+    _check_batch_size(batch_size)
     side = clip.image_size
     if frames.dtype not in (np.uint8, torch.uint8) or tuple(frames.shape[1:]) != (side, side, 3) or frames.ndim != 4:
         raise ValueError(f"frames must be uint8 RGB of shape (T, {side}, {side}, 3); got {frames.dtype} "
@@ -389,6 +396,7 @@ def encode_texts(clip: Clip, texts: Sequence[str], layers: Sequence[int], batch_
     inside a query (e.g. "wow!😀"). Texts run in batches of similar length, each cut to its longest text: under the
     causal mask a position never sees later ones, so the padding beyond it changes nothing."""
     layers = _check_layers(layers, clip.text_layers)
+    _check_batch_size(batch_size)
     model = clip.model
     device = model.token_embedding.weight.device
     tokens = tokenize(list(texts), model.context_length)  # (N, 77)

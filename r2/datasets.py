@@ -15,6 +15,7 @@ Bad-input policy (documented here once, applied by every loader):
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -607,3 +608,19 @@ TVSUM_SPLITS = {
     "VT": {"train": ["gzDbaEs1Rlg", "XzYM3PfTM4w", "98MoyGZKHXc", "AwmHb44_ouw"], "val": ["J0nA4VgnoCo"]},
     "VU": {"train": ["akI8YFjEmUw", "HT5vyqe0Xaw", "vdmoEJ5YbrQ", "xwqBXPGE9pQ"], "val": ["sTEELN-vY30"]},
 }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m r2.datasets download NAME|all [--root DIR] [--mirror URL]`: fetch the benchmarks' annotation
+    files (r2.download)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["download"]:
+        print("usage: python -m r2.datasets download NAME|all [--root DIR] [--mirror URL]", file=sys.stderr)
+        return 2
+    from r2.download import main as download_main
+
+    return download_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

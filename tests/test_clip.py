@@ -270,3 +270,13 @@ def test_download_is_verified_then_cached(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["ViT-test.pt"]
     monkeypatch.setattr(r2.fetch, "urlopen", _refuse)  # the second load must come from the cache
     assert load_clip("ViT-test").sha256 == first.sha256 == load_clip("tiny").sha256
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_a_batch_size_below_one_is_refused_not_an_unwritten_buffer(batch_size):
+    model = load_clip("tiny")
+    frames = np.zeros((3, model.image_size, model.image_size, 3), np.uint8)
+    with pytest.raises(ValueError, match="batch_size .* must be an integer >= 1"):
+        encode_frames(model, frames, [12], batch_size=batch_size)
+    with pytest.raises(ValueError, match="batch_size .* must be an integer >= 1"):
+        encode_texts(model, ["a red screen"], [12], batch_size=batch_size)

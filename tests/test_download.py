@@ -109,3 +109,17 @@ def test_bad_arguments_exit_2(tmp_path, monkeypatch, capsys):
     unreachable = "http://127.0.0.1:9"  # the discard port: nothing listens
     assert download.main(["tvsum", "--root", str(tmp_path), "--mirror", unreachable]) == 1
     assert "could not download tvsum annotations" in capsys.readouterr().err
+
+
+def test_python_m_r2_datasets_download_is_the_same_command(tmp_path, server):
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    done = subprocess.run([sys.executable, "-m", "r2.datasets", "download", "tvsum", "--root", str(root),
+                           "--mirror", server.url], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert (root / "tvsum" / "tvsum_train_sfc.json").is_file()
+    usage = subprocess.run([sys.executable, "-m", "r2.datasets"], capture_output=True, text=True,
+                           cwd=Path(__file__).parents[1])
+    assert usage.returncode == 2 and "download NAME|all" in usage.stderr
