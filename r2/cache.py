@@ -85,6 +85,13 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def shard_items(items, shard: tuple[int, int]) -> list[str]:
+    """The video ids (or query texts) that shard (i, n) extracts: every n-th of the sorted items, from the i-th.
+    One rule for the extractor, the importer and `r2.verify`, which reports what each shard still lacks."""
+    i, n = shard
+    return sorted(items)[i::n]
+
+
 def _shard_stem(shard: tuple[int, int]) -> str:
     return f"shard-{shard[0]:05d}-of-{shard[1]:05d}"
 

@@ -148,13 +148,6 @@ def videos_dir(cfg: ExtractConfig) -> Path:
                      f"(README: 'The six benchmarks' says where to download them)")
 
 
-def shard_items(items, shard: tuple[int, int]) -> list[str]:
-    """The video ids (or query texts) that shard (i, n) extracts: every n-th of the sorted items, from the i-th.
-    One rule for the extractor and for `r2.verify`, which reports what each shard still lacks."""
-    i, n = shard
-    return sorted(items)[i::n]
-
-
 def extract(cfg: ExtractConfig) -> Summary:
     """Extract this shard's videos and query texts into the cache; safe to re-run (finished work is skipped).
     Every check (settings, annotations, the cache's fingerprint and shard count) passes before anything is
@@ -170,8 +163,8 @@ def extract(cfg: ExtractConfig) -> Summary:
     for r in records:
         fps_of.setdefault(r.vid, r.fps)
         durations.setdefault(r.vid, set()).add(r.duration)
-    vids = shard_items(fps_of, cfg.shard)
-    texts = shard_items({r.query for r in records}, cfg.shard)
+    vids = cache.shard_items(fps_of, cfg.shard)
+    texts = cache.shard_items({r.query for r in records}, cfg.shard)
 
     rates = sorted(set(fps_of.values()))
     fp = fingerprint(model, layers, rates[0] if len(rates) == 1 else "per-video", cfg.bf16)

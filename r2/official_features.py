@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from r2 import cache, datasets, official
 from r2.errors import R2Error
-from r2.extract import ExtractConfig, Summary, load_annotations, shard_items
+from r2.extract import ExtractConfig, Summary, load_annotations
 
 __all__ = ["ImportConfig", "ImportSummary", "import_features", "feature_dirs"]
 
@@ -129,8 +129,8 @@ def import_features(cfg: ImportConfig) -> ImportSummary:
         fps_of.setdefault(r.vid, r.fps)
         duration_of.setdefault(r.vid, r.duration)
         qids_of.setdefault(r.query, []).append(r.qid)
-    vids = shard_items(fps_of, cfg.shard)
-    texts = shard_items(qids_of, cfg.shard)
+    vids = cache.shard_items(fps_of, cfg.shard)
+    texts = cache.shard_items(qids_of, cfg.shard)
 
     summary = ImportSummary()
     cache.write_entry(cfg.out, dataset=cfg.dataset, fingerprint=fp, dims=dims,

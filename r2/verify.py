@@ -27,7 +27,6 @@ import h5py
 import numpy as np
 
 from r2 import cache, datasets
-from r2.extract import shard_items
 
 __all__ = ["Report", "ShardStatus", "verify", "info", "merge", "main"]
 
@@ -422,7 +421,7 @@ def verify(entry: str | Path, values: bool = True) -> Report:
     failed = _failures(report.entry)
     n = max(counts, key=counts.get) if counts else 1
     for i in range(n):
-        assigned = shard_items(vids, (i, n))
+        assigned = cache.shard_items(vids, (i, n))
         report.shards.append(ShardStatus(
             shard=f"{i}/{n}",
             segments=[seg.path.name for seg in segments if seg.shard == (i, n)],
@@ -430,7 +429,7 @@ def verify(entry: str | Path, values: bool = True) -> Report:
             expected_videos=len(assigned),
             failed=[v for v in assigned if v not in cached_v and v in failed],
             missing=[v for v in assigned if v not in cached_v and v not in failed],
-            missing_queries=sum(q not in cached_q for q in shard_items(texts, (i, n))),
+            missing_queries=sum(q not in cached_q for q in cache.shard_items(texts, (i, n))),
         ))
     return report
 

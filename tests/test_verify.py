@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from r2.cache import Cache, CacheError, ShardWriter, parts_dir, read_segment_index, write_entry
-from r2.extract import shard_items
+from r2.cache import shard_items
 from r2.verify import main, merge, verify
 
 FP = {"clip": "tiny", "clip_sha256": "abc", "layers": [1, 2], "fps": 0.5}
