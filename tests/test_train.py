@@ -3,6 +3,7 @@ import csv
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,13 @@ def derived_cache(demo: Path, entry: Path, annotations: dict[str, list[dict]]) -
     write_entry(entry, dataset=src.dataset, fingerprint=src.fingerprint, dims=src.dims, annotations=annotations)
     parts_dir(entry).symlink_to(parts_dir(demo).resolve(), target_is_directory=True)
     return entry
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for torchrun's rendezvous; not a fixed one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def log_rows(run: Path) -> list[dict]:
@@ -137,7 +145,8 @@ def test_two_process_gloo_matches_single_process(demo, tmp_path):
     subprocess.run([sys.executable, str(REPO / "train" / "fit.py"), *common, "--out", str(tmp_path / "one")],
                    check=True, capture_output=True, env=env)
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", str(REPO / "train" / "fit.py"), *common,
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                          str(REPO / "train" / "fit.py"), *common,
                           "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     one, two = log_rows(tmp_path / "one"), log_rows(tmp_path / "two")
