@@ -82,7 +82,8 @@ class Summary:
     skipped: int = 0  # videos already in the cache
     failed: int = 0  # videos that could not be decoded or encoded (see failures.jsonl)
     frames: int = 0  # frames extracted by this run
-    queries: int = 0  # query texts extracted by this run
+    queries: int = 0  # query records whose text was extracted by this run
+    texts: int = 0  # distinct query texts extracted by this run (a text shared by several queries is stored once)
     bytes: int = 0  # feature bytes written by this run
     seconds: float = 0.0
 
@@ -91,7 +92,7 @@ class Summary:
     def line(self) -> str:
         warned = f" | {self.duration_warnings} duration mismatches" if self.duration_warnings else ""
         return (f"videos: {self.done} done, {self.skipped} skipped, {self.failed} failed | frames: {self.frames} | "
-                f"queries: {self.queries} | {self.bytes / 1e9:.3f} GB written | {self.seconds:.1f} s{warned}")
+                f"queries: {self.queries} ({self.texts} distinct texts) | {self.bytes / 1e9:.3f} GB written | {self.seconds:.1f} s{warned}")
 
 
 def ffmpeg_version() -> str:
@@ -177,7 +178,7 @@ def extract(cfg: ExtractConfig) -> Summary:
             cache.write_entry(cfg.out, dataset=cfg.dataset, fingerprint=fp, dims=dims,
                               annotations={split: [r.to_json() for r in rs] for split, rs in splits.items()})
             job = _Job(cfg, model, layers, writer, fps_of, durations, folder, summary)
-            job.texts(texts)
+            job.texts(texts, [r.query for r in records])
             job.videos(vids)
     except OSError as e:  # the entry, the lock or failures.jsonl could not be written
         kept = summary.done + summary.skipped
@@ -199,14 +200,17 @@ class _Job:
     folder: Path  # the videos folder
     summary: Summary
 
-    def texts(self, texts: list[str]):
+    def texts(self, texts: list[str], queries: list[str]):
+        """Encode this shard's `texts` not yet in the cache; `queries` (one text per record) is what they count for."""
         todo = [t for t in texts if t not in self.writer.queries]
         for chunk in range(0, len(todo), 1024):
             batch = todo[chunk:chunk + 1024]
             for text, feats in zip(batch, clip.encode_texts(self.model, batch, self.layers, bf16=self.cfg.bf16)):
                 self.writer.add_query(text, feats.cpu().numpy())
                 self.summary.bytes += feats.numel() * 2
-        self.summary.queries = len(todo)
+        self.summary.texts = len(todo)
+        done = set(todo)
+        self.summary.queries = sum(q in done for q in queries)
 
     def _decode(self, vid: str) -> video.Frames:
         path = datasets.video_file(self.cfg.dataset, vid, self.folder)

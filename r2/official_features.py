@@ -142,7 +142,8 @@ def import_features(cfg: ImportConfig) -> ImportSummary:
                 summary.failed_queries += 1
                 continue
             writer.add_query(text, feats)
-            summary.queries += 1
+            summary.texts += 1
+            summary.queries += len(qids_of[text])
             summary.bytes += feats.nbytes
         todo = [v for v in vids if v not in writer.videos]
         summary.skipped = len(vids) - len(todo)

@@ -41,6 +41,19 @@ def demo_cache(tmp_path_factory) -> Path:
     return out
 
 
+def test_the_summary_counts_queries_and_distinct_texts(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for vid in ("a", "b"):
+        make_video(videos / f"{vid}.mp4", 4)
+    write_jsonl(tmp_path / "train.jsonl", [  # three queries, two distinct texts
+        {"qid": i, "query": text, "vid": vid, "duration": 4, "relevant_windows": [[0, 2]]}
+        for i, (text, vid) in enumerate([("a red screen", "a"), ("a red screen", "b"), ("the end", "b")])])
+    assert cli("--dataset", "custom", "--clip", "tiny", "--videos", str(videos), "--out", str(tmp_path / "c.h5"),
+               "--annotations", str(tmp_path / "train.jsonl")) == 0
+    assert "queries: 3 (2 distinct texts)" in capsys.readouterr().out
+
+
 def test_demo_extraction_writes_every_video_and_query(demo_cache):
     cache = Cache(demo_cache)
     records = [r for split in ("train", "val") for r in cache.records(split)]

@@ -209,6 +209,7 @@ def test_import_official_then_evaluate_the_authors_checkpoint(release, tmp_path)
     first = run(*args)
     assert first.returncode == 1, first.stderr  # v3 and qid 5 are logged and skipped, the rest imported
     assert "videos: 3 done, 0 skipped, 1 failed" in first.stdout and "queries failed: 1" in first.stdout
+    assert "queries: 5 (4 distinct texts)" in first.stdout  # qids 0 and 2 share "a red ball"; qid 5 is broken
     failures = [json.loads(line) for line in (tmp_path / "cache" / "qvh.parts" / "failures.jsonl").read_text().splitlines()]
     assert {f.get("vid") for f in failures} >= {"v3"} and {f.get("qid") for f in failures} >= {5}
     assert "expected (N, 4, 50, 768)" in next(f["error"] for f in failures if f.get("vid") == "v3")
