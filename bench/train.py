@@ -218,8 +218,9 @@ def clip_features(encoder: clip.Clip, batch: dict, dataset: GroundingDataset, fr
     return {**batch, "video": video, "query": query, "query_mask": query_mask}, video_s
 
 
-def run_mode(args) -> dict:
-    """Time `args.steps` training steps (after `args.warmup`) in mode `args.mode`; peak memory of this process."""
+def _setup(args):
+    """What every timed mode starts from: threads, seed, device, precision, the cache, a QVHighlights-config model
+    in train mode with its criterion and optimizer / scaler / scheduler (as train/fit.py builds them)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -230,7 +231,12 @@ def run_mode(args) -> dict:
     model = R2Model(config_for(DATASET, video_dim=dims["video_dim"], query_dim=dims["query_dim"],
                                tokens=dims["tokens"], layers=len(dims["layers"]))).to(device).train()
     criterion = Criterion(loss_config_for(DATASET))
-    optimizer, scaler, scheduler = make_optimizer(model, device, autocast_dtype)
+    return device, autocast_dtype, cache, model, criterion, make_optimizer(model, device, autocast_dtype)
+
+
+def run_mode(args) -> dict:
+    """Time `args.steps` training steps (after `args.warmup`) in mode `args.mode`; peak memory of this process."""
+    device, autocast_dtype, cache, model, criterion, (optimizer, scaler, scheduler) = _setup(args)
     source = Preloaded.whole(cache) if args.mode in ("preload", "clip") else None
     dataset = GroundingDataset(cache, "train", train=True, source=source)
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)  # as r2.train
@@ -311,17 +317,7 @@ def run_step_comparison(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = pick_device(args.device)
-    autocast_dtype = pick_precision("auto", device)
-    cache = Cache(args.cache)
-    dims = cache.dims
-    model = R2Model(config_for(DATASET, video_dim=dims["video_dim"], query_dim=dims["query_dim"],
-                               tokens=dims["tokens"], layers=len(dims["layers"]))).to(device).train()
-    criterion = Criterion(loss_config_for(DATASET))
-    optimizer, scaler, scheduler = make_optimizer(model, device, autocast_dtype)
+    device, autocast_dtype, cache, model, criterion, (optimizer, scaler, scheduler) = _setup(args)
     dataset = GroundingDataset(cache, "train", train=True, source=Preloaded.whole(cache))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=0,
                         generator=torch.Generator().manual_seed(0), drop_last=True)
