@@ -18,7 +18,7 @@ from r2.errors import CheckpointError
 from r2.train import TrainConfig, Trainer
 from r2.verify import verify
 from r2.video import ffmpeg_exe
-from tests.test_faults import REPO, _load_cli, extract_cmd, make_video, record, run, write_jsonl
+from tests.helpers import REPO, extract_cmd, load_cli, make_video, record, run, write_jsonl
 
 LONG_QUERY = " ".join(["the person walks slowly across the crowded market square"] * 12)  # ~110 tokens
 EMPTY_QUERY = ""
@@ -161,7 +161,7 @@ def test_bad_annotation_lines_stop_extraction_with_file_and_line(tmp_path, capsy
     good = json.dumps(record(0, "a", "q", 10.0))
     train = tmp_path / "train.jsonl"
     train.write_text(good + "\n" + line + "\n")
-    cli = _load_cli("extract/run.py")
+    cli = load_cli("extract/run.py")
     args = cli.get_args_parser().parse_args(["--dataset", "custom", "--clip", "tiny", "--videos", str(tmp_path),
                                              "--annotations", str(train), "--out", str(tmp_path / "c.h5")])
     assert cli.main(args) == 2
@@ -184,7 +184,7 @@ def checkpoint(extracted, tmp_path_factory) -> Path:
 
 
 def _evaluate(checkpoint: Path, cache: Path, capsys) -> tuple[int, str]:
-    cli = _load_cli("train/evaluate.py")
+    cli = load_cli("train/evaluate.py")
     code = cli.main(cli.get_args_parser().parse_args(["--checkpoint", str(checkpoint), "--cache", str(cache),
                                                       "--split", "val", "--out", str(checkpoint.parent / "eval")]))
     return code, capsys.readouterr().err
@@ -240,7 +240,7 @@ def test_a_checkpoint_with_code_in_its_pickle_is_refused_without_running_it(extr
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copy(hostile, run_dir / "last.pt")
-    fit = _load_cli("train/fit.py")
+    fit = load_cli("train/fit.py")
     assert fit.main(fit.get_args_parser().parse_args(["--cache", str(extracted[0]), "--resume", str(run_dir)])) == 2
     assert re.search(NOT_OURS, capsys.readouterr().err)
     assert not marker.exists()

@@ -1,5 +1,4 @@
 """Stage 1 end to end: the CLI on generated videos with the tiny CLIP, and the real checkpoint-file code path."""
-import json
 import re
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from r2 import clip, video
 from r2.cache import Cache, parts_dir
 from r2.demo import make_demo
 from r2.extract import failures
+from tests.helpers import make_video, write_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "extract"))
 import run as extract_cli  # noqa: E402  (extract/run.py)
@@ -24,15 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli(*argv: str) -> int:
     return extract_cli.main(extract_cli.get_args_parser().parse_args([*argv, "--no-progress"]))
-
-
-def make_video(path: Path, seconds: int, colour: str = "red", size: str = "96x64"):
-    subprocess.run([video.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"color=c={colour}:s={size}:r=4:d={seconds}", "-pix_fmt", "yuv420p", str(path)], check=True)
-
-
-def write_jsonl(path: Path, rows: list[dict]):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +37,7 @@ def test_the_summary_counts_queries_and_distinct_texts(tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()
     for vid in ("a", "b"):
-        make_video(videos / f"{vid}.mp4", 4)
+        make_video(videos / f"{vid}.mp4", "color=c=red", 4, size="96x64")
     write_jsonl(tmp_path / "train.jsonl", [  # three queries, two distinct texts
         {"qid": i, "query": text, "vid": vid, "duration": 4, "relevant_windows": [[0, 2]]}
         for i, (text, vid) in enumerate([("a red screen", "a"), ("a red screen", "b"), ("the end", "b")])])
@@ -113,7 +104,7 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
 def test_custom_dataset_with_a_broken_video_logs_it_and_goes_on(tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()
-    make_video(videos / "good one.mp4", 8)
+    make_video(videos / "good one.mp4", "color=c=red", 8, size="96x64")
     (videos / "broken.mp4").write_text("not a video")
     rows = [{"qid": 1, "query": "a red screen", "vid": "good one", "duration": 8, "relevant_windows": [[2, 6]]},
             {"qid": 2, "query": "something", "vid": "broken", "duration": 8, "relevant_windows": [[0, 2]]},
@@ -159,7 +150,7 @@ def test_full_size_vit_b32_checkpoint_through_the_cli(tmp_path):
     ckpt = clip.write_vit_b32_checkpoint(tmp_path / "ViT-B-32.pt")
     videos = tmp_path / "videos"
     videos.mkdir()
-    make_video(videos / "v.mp4", 4, "blue")
+    make_video(videos / "v.mp4", "color=c=blue", 4, size="96x64")
     write_jsonl(tmp_path / "train.jsonl", [{"qid": 0, "query": "a blue screen", "vid": "v", "duration": 4,
                                              "relevant_windows": [[0, 2]]}])
     out = tmp_path / "vit.h5"

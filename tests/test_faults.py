@@ -1,7 +1,6 @@
 """Faults at scale, through the real CLIs: extraction killed (SIGKILL) and resumed, training killed mid-epoch and
 resumed, a full disk, two extractors on one shard, a sharded extraction merged and its entry rebuilt."""
 import csv
-import importlib.util
 import json
 import os
 import resource
@@ -16,10 +15,9 @@ import numpy as np
 import pytest
 
 from r2.cache import Cache, CacheError, parts_dir, read_segment_index
-from r2.video import ffmpeg_exe
 from r2.verify import verify
+from tests.helpers import extract_cmd, load_cli, make_video, record, run, start, write_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
 # (lavfi source, seconds, query): 8 short videos, 5-7 frames each at 0.5 fps; 6 train, 2 val
 VIDEOS = [
     ("color=c=red", 10, "a red screen"), ("color=c=blue", 12, "a blue screen"),
@@ -27,46 +25,6 @@ VIDEOS = [
     ("mandelbrot", 12, "a fractal zooming in"), ("color=c=yellow", 14, "a yellow screen"),
     ("rgbtestsrc", 10, "red green and blue stripes"), ("color=c=lime", 12, "a green screen"),
 ]
-
-
-def make_video(path: Path, source: str, seconds: float, *extra: str, size: str = "64x48", rate: int = 4) -> Path:
-    """Encode a lavfi source (argument list, no shell)."""
-    head = f"{source}{':' if '=' in source else '='}s={size}:r={rate}"
-    cmd = [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-t", str(seconds), "-i", head,
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", *extra, str(path)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return path
-
-
-def record(qid: int, vid: str, query: str, duration: float, window=(2, 8)) -> dict:
-    """A QVHighlights-format line: one window, its 2 s clips scored by 3 annotators."""
-    clips = list(range(int(window[0]) // 2, int(window[1]) // 2))
-    return {"qid": qid, "query": query, "vid": vid, "duration": duration, "relevant_windows": [list(window)],
-            "relevant_clip_ids": clips, "saliency_scores": [[4, 3, 2 + c % 3] for c in clips]}
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def extract_cmd(root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "extract" / "run.py"), "--dataset", "custom", "--clip", "tiny",
-            "--videos", str(root / "videos"), "--annotations", str(root / "train.jsonl"), str(root / "val.jsonl"),
-            "--out", str(out), "--batch-size", "16", "--no-progress", *extra]
-
-
-# One torch thread per child: on a busy 2-core machine two spinning OpenMP threads per process make these small
-# runs ~10x slower. Every process of a comparison uses the same setting, so results stay comparable.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def run(cmd: list[str], cwd: Path = REPO, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300, **kw)
-
-
-def start(cmd: list[str], stdout=subprocess.PIPE) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
 def assert_same_features(cache: Cache, reference: Cache):
@@ -149,7 +107,7 @@ def test_merge_rebuilds_a_lost_entry_and_reports_a_missing_shard(corpus, clean, 
     """Shards extracted on machines that do not share the cache folder: copy the parts, rebuild the entry."""
     entry = tmp_path / "copied.h5"
     shutil.copytree(parts_dir(clean), parts_dir(entry))
-    merge_cli = _load_cli("extract/merge.py")
+    merge_cli = load_cli("extract/merge.py")
 
     def merge(*args: str) -> int:
         return merge_cli.main(merge_cli.get_args_parser().parse_args(["--out", str(entry), *args]))
@@ -171,12 +129,6 @@ def test_merge_rebuilds_a_lost_entry_and_reports_a_missing_shard(corpus, clean, 
     assert "valid but incomplete" in out
     assert len(Cache(entry).videos) == 4
 
-
-def _load_cli(name: str):
-    spec = importlib.util.spec_from_file_location(f"cli_{name.replace('/', '_')}", REPO / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_extraction_killed_at_random_points_then_resumed(corpus, clean, tmp_path):

@@ -10,10 +10,10 @@ import pytest
 
 from r2.cache import Cache, parts_dir
 from r2.verify import verify
-from tests.test_faults import _load_cli, make_video, record, write_jsonl
+from tests.helpers import load_cli, make_video, record, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-run_cli, merge_cli = _load_cli("extract/run.py"), _load_cli("extract/merge.py")
+run_cli, merge_cli = load_cli("extract/run.py"), load_cli("extract/merge.py")
 LONG_ID = "v" * 300  # longer than the 255-byte file-name limit of Linux file systems
 
 
