@@ -120,16 +120,13 @@ def load_checkpoint(spec: str | Path, dataset: str | None = None) -> dict:
 
 def from_official(obj: dict, path: Path, dataset: str | None = None) -> dict:
     """An nncore checkpoint ({'meta', 'state_dict'}[, 'optimizer']) -> r2's checkpoint dict."""
-    domain = None
+    named = official.dataset_from_name(path)  # (dataset, domain) of a zoo file name, else None
     if dataset is None:
-        named = official.dataset_from_name(path)
         if named is None:
             raise CheckpointError(f"{path}: an official R²-Tuning checkpoint does not record its dataset: pass "
                                   f"--dataset NAME (qvhighlights, charades, tacos, ego4d, youtube, tvsum)")
-        dataset, domain = named
-    else:
-        named = official.dataset_from_name(path)
-        domain = named[1] if named and named[0] == dataset else None
+        dataset = named[0]
+    domain = named[1] if named and named[0] == dataset else None
     state = official.to_r2_state_dict(obj["state_dict"], str(path))
     model_cfg = official.infer_model_config(state, dataset)
     layers = official.clip_layers(model_cfg.layers)

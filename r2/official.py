@@ -82,6 +82,7 @@ _PREFIXES = (
     ("pooling.att.", "pooling.att."),
     ("coef", "boundary_coef"),
 )
+_PREFIXES_BACK = tuple((b, a) for a, b in _PREFIXES)  # r2 prefix -> official prefix
 # Official file order (nncore writes the modules' registration order); r2's order agrees within each entry.
 _ORDER = ("coef", "adapter.gate", "adapter.scale", "adapter.video_map.", "adapter.query_map.", "adapter.v_map.",
           "adapter.q_map.", *(f"adapter.tem.{part}" for part in (
@@ -120,7 +121,7 @@ def _to_official_key(key: str) -> str | None:
     if m:
         level, step, part, param = int(m[1]), int(m[2]), m[3], m[4]
         return f"pyramid.blocks.{level}.{5 * step + (1 if part == 'conv' else 3)}.{param}"
-    return _rename(key, tuple((b, a) for a, b in _PREFIXES))
+    return _rename(key, _PREFIXES_BACK)
 
 
 def to_r2_state_dict(state_dict: dict, source: str) -> OrderedDict:
@@ -189,9 +190,9 @@ def infer_model_config(state_dict: dict, dataset: str, tokens: int = 50) -> R2Co
         variant = "a boundary head (moment retrieval)" if boundary else "no boundary head (highlight detection only)"
         raise CheckpointError(f"the checkpoint has {variant}, which is not the {dataset} model; pass the dataset it "
                               f"was trained on with --dataset")
-    cfg = R2Config(**{**base.__dict__, "hidden": hidden, "ffn_ratio": shape("block.temporal.ffn.0.weight")[0] // hidden,
-                      "strides": tuple(2 ** i for i in range(n_levels)) if boundary else base.strides})
-    return cfg
+    return R2Config(**{**base.__dict__, "hidden": hidden,
+                       "ffn_ratio": shape("block.temporal.ffn.0.weight")[0] // hidden,
+                       "strides": tuple(2 ** i for i in range(n_levels)) if boundary else base.strides})
 
 
 def dataset_from_name(path: str | Path) -> tuple[str, str | None] | None:
