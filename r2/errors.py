@@ -1,7 +1,8 @@
 """r2's error classes: every failure that a user can fix is an `R2Error` whose message names the file or field
 and what to do; command-line entry points print it on one line (anything else is a bug and keeps its traceback)."""
+import sys
 
-__all__ = ["R2Error", "CheckpointError"]
+__all__ = ["R2Error", "CheckpointError", "one_line_warning"]
 
 
 class R2Error(Exception):
@@ -10,3 +11,8 @@ class R2Error(Exception):
 
 class CheckpointError(R2Error):
     """A checkpoint that cannot be read or used as asked (not r2's or the authors' format, wrong features)."""
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """`warnings.showwarning` for command lines: each warning as one "warning: ..." line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)

@@ -53,7 +53,7 @@ import torch
 
 from r2 import clip, video
 from r2.decode import DecodeConfig, decode, finish_windows
-from r2.errors import R2Error
+from r2.errors import R2Error, one_line_warning
 from r2.fetch import file_sha256
 from r2.model import R2Model
 from r2.checkpoint import build_model, load_checkpoint
@@ -761,15 +761,11 @@ def _predict_one(args: argparse.Namespace, predictor: Predictor, path: Path, tak
     return written
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def main(args: argparse.Namespace) -> int:
     """Exit code: 0 every video predicted; 1 some failed (each named on one line); 2 none (or a bad argument).
     Warnings are printed as one "warning: ..." line each."""
     with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
+        warnings.showwarning = one_line_warning
         return _main(args)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r2.errors import R2Error  # noqa: E402
+from r2.errors import R2Error, one_line_warning  # noqa: E402
 from r2.train import TrainConfig, Trainer  # noqa: E402
 
 
@@ -45,14 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def main(args) -> int:
     """Exit code 0 when the run finished; 2 for a setting or file it cannot use (one "error: ..." line, before
     any training). Warnings print as one "warning: ..." line each."""
-    warnings.showwarning = _one_line_warning
+    warnings.showwarning = one_line_warning
     try:
         trainer = Trainer(TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}))
     except (R2Error, ValueError, FileNotFoundError) as e:
