@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r2 import cache, datasets  # noqa: E402
+from r2.demo import DEFAULT_VIDEOS  # noqa: E402
 from r2.errors import R2Error  # noqa: E402
 from r2.extract import ExtractConfig, extract  # noqa: E402
 
@@ -39,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="bfloat16 autocast for CLIP: faster only on GPUs and CPUs with bf16 units (AVX-512 BF16 / "
                         "AMX); on an AVX2-only CPU it is about 3x slower (README: Benchmarks). Changes the "
                         "fingerprint, so it needs its own cache")
-    p.add_argument("--demo-videos", type=int, default=300, help="number of generated demo videos (>= 1)")
+    p.add_argument("--demo-videos", type=int, default=DEFAULT_VIDEOS,
+                   help=f"number of generated demo videos (>= 1; default {DEFAULT_VIDEOS})")
     p.add_argument("--no-progress", action="store_true")
     return p
 

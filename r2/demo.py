@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from r2.video import ffmpeg_exe
 
-__all__ = ["CONCEPTS", "GENERATOR_VERSION", "DemoQuery", "DemoVideo", "annotation", "demo_video", "make_demo"]
+__all__ = ["CONCEPTS", "DEFAULT_VIDEOS", "GENERATOR_VERSION", "DemoQuery", "DemoVideo", "annotation", "demo_video", "make_demo"]
 
+DEFAULT_VIDEOS = 300  # the demo's size unless --demo-videos says otherwise
 GENERATOR_VERSION = 1  # bump whenever the content generated for a given seed changes
 CLIP_SECONDS = 2  # QVHighlights clip length: windows and segments lie on this grid
 WIDTH, HEIGHT, RATE = 160, 120, 4  # small and slow: generation is fast, still plenty for 0.5–2 fps sampling
@@ -202,7 +203,7 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def make_demo(root: Path, seed: int = 0, n_videos: int = 300, progress: bool = True) -> Path:
+def make_demo(root: Path, seed: int = 0, n_videos: int = DEFAULT_VIDEOS, progress: bool = True) -> Path:
     """Write the demo dataset into `root`: `videos/<vid>.mp4`, `train.jsonl`, `val.jsonl`, `manifest.json`.
 
     Resumable: when `manifest.json` already records this seed, n_videos and generator version and every file

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from r2 import cache, clip, datasets, video
+from r2.demo import DEFAULT_VIDEOS, make_demo
 from r2.errors import R2Error
 
 DEMO_DIR = "demo"  # under the cache folder: the generated demo videos and their jsonl
@@ -34,7 +35,7 @@ class ExtractConfig:
     batch_size: int = 64  # frames per CLIP forward
     device: str = "auto"  # where CLIP runs: auto (a GPU when there is one), cpu, cuda, cuda:N
     bf16: bool = False  # CLIP under bfloat16 autocast (faster only with bf16 units; changes the fingerprint)
-    demo_videos: int = 300  # size of the generated demo dataset
+    demo_videos: int = DEFAULT_VIDEOS  # size of the generated demo dataset
     progress: bool = True
 
     def __post_init__(self):
