@@ -126,7 +126,6 @@ def load_annotations(cfg: ExtractConfig) -> dict[str, list[datasets.Record]]:
     if cfg.dataset == "demo":
         root = cfg.annotations[0] if cfg.annotations else Path(cfg.out).parent / DEMO_DIR
         if not cfg.annotations:
-            from r2.demo import make_demo
             make_demo(root, n_videos=cfg.demo_videos, progress=cfg.progress)
         return {split: datasets.load_split("demo", split, annotations=root) for split in ("train", "val")}
     if cfg.dataset == "custom":
