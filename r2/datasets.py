@@ -5,8 +5,8 @@ GT windows in seconds exactly as written in the file, and per-clip raw saliency 
 
 Bad-input policy (documented here once, applied by every loader):
 - Structural problems (a line that is not JSON, a missing field, a wrong type, a non-finite number, a window that is
-  not a [start, end] pair, saliency rows of unequal width, clip ids outside the video) raise one ValueError
-  "FILE:LINE: ..." that names the field and what to do. The benchmark files are clean, so this never fires on them.
+  not a [start, end] pair, saliency rows of unequal width, clip ids outside the video) raise one AnnotationError
+  (a ValueError) "FILE:LINE: ..." that names the field and what to do. The benchmark files are clean, so this never fires on them.
 - Semantic quirks of windows (reversed, zero-length, starting before 0 or ending past the duration) are kept as written:
   SPEC §4 fixes them when training targets are built (`clean_windows`), and the evaluators score the file as written.
   Ego4D-NLQ has such windows (zero-length, past the duration). For `demo` / `custom` files each quirk kind is reported
@@ -23,85 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
+from r2.errors import AnnotationError, ConfigError, NotFoundError
+from r2.recipes import DATASETS, DatasetInfo, recipe
+
 __all__ = [
     "DATASETS", "ClipScores", "DatasetInfo", "Record", "TVSUM_SPLITS", "YOUTUBE_SPLITS", "VIDEO_EXTENSIONS",
     "data_root", "dataset_info", "duration_mismatch", "load_split", "saliency_target", "video_file",
 ]
 
-DATASETS: tuple[str, ...] = ("qvhighlights", "charades", "tacos", "ego4d", "youtube", "tvsum", "demo", "custom")
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm")
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    fps: float | None              # frames sampled per second; None = per video (YouTube: clips / seconds)
-    clip_len: float | None         # seconds per clip = 1 / fps; None = per video
-    splits: tuple[str, ...]        # the splits the loaders read
-    train_split: str
-    eval_split: str                # the split the paper reports (and best.pt is picked on)
-    headline: str                  # metric key that picks best.pt (see `_HEADLINES` below for the reasons)
-    saliency: str                  # "qvhighlights" | "windows" | "tvsum" | "youtube": how SPEC §4 builds targets
-    folder: str                    # sub-folder of the data root ("" for demo/custom: `annotations` gives the files)
-    files: tuple[tuple[str, str], ...]  # (split, file name inside `folder`)
-    video_suffix: str = ""         # appended to the video id to form the video file stem (TACoS: "-cam-002")
-    domains: tuple[str, ...] = ()  # YouTube / TVSum domains (trained and evaluated separately)
-
-    def file_for(self, split: str) -> str:
-        for s, f in self.files:
-            if s == split:
-                return f
-        raise ValueError(f"dataset {self.name!r} has no split {split!r}; valid splits = {self.splits}")
-
-
-YOUTUBE_DOMAINS = ("dog", "gymnastics", "parkour", "skating", "skiing", "surfing")
-TVSUM_DOMAINS = ("BK", "BT", "DS", "FM", "GA", "MS", "PK", "PR", "VT", "VU")
-
-# Headline metric per dataset = the paper's main column for it, and the first key of the reference's EvalHook
-# `high_keys` list that the dataset's evaluator reports:
-#  QVHighlights: MR mAP averaged over IoU 0.50:0.05:0.95 (Table 1 "Avg.").
-#  Charades / TACoS / Ego4D: mIoU (Table 2; a smooth summary of its R@{0.3,0.5,0.7} columns).
-#  YouTube / TVSum: mAP (Tables 3, 4; with one domain per run this is that domain's mAP).
-#  demo / custom: as QVHighlights.
-_HEADLINES = {
-    "qvhighlights": "MR-full-mAP", "charades": "MR-full-mIoU", "tacos": "MR-full-mIoU", "ego4d": "MR-full-mIoU",
-    "youtube": "mAP", "tvsum": "mAP", "demo": "MR-full-mAP", "custom": "MR-full-mAP",
-}
-
-_INFOS = {
-    "qvhighlights": DatasetInfo(
-        "qvhighlights", 0.5, 2.0, ("train", "val", "test"), "train", "val", _HEADLINES["qvhighlights"],
-        "qvhighlights", "qvhighlights",
-        (("train", "highlight_train_release.jsonl"), ("val", "highlight_val_release.jsonl"),
-         ("test", "highlight_test_with_gt.jsonl"))),
-    "charades": DatasetInfo(
-        "charades", 1.0, 1.0, ("train", "test"), "train", "test", _HEADLINES["charades"], "windows", "charades_sta",
-        (("train", "charades_sta_train_tvr_format.jsonl"), ("test", "charades_sta_test_tvr_format.jsonl"))),
-    "tacos": DatasetInfo(
-        "tacos", 0.5, 2.0, ("train", "val", "test"), "train", "test", _HEADLINES["tacos"], "windows", "tacos",
-        (("train", "train.jsonl"), ("val", "val.jsonl"), ("test", "test.jsonl")), video_suffix="-cam-002"),
-    "ego4d": DatasetInfo(
-        "ego4d", 0.5, 2.0, ("train", "val"), "train", "val", _HEADLINES["ego4d"], "windows", "ego4d_nlq",
-        (("train", "nlq_train.jsonl"), ("val", "nlq_val.jsonl"))),
-    "youtube": DatasetInfo(
-        "youtube", None, None, ("train", "val"), "train", "val", _HEADLINES["youtube"], "youtube",
-        "youtube_highlights", (("train", "youtube_anno.json"), ("val", "youtube_anno.json")),
-        domains=YOUTUBE_DOMAINS),
-    "tvsum": DatasetInfo(
-        "tvsum", 0.5, 2.0, ("train", "val"), "train", "val", _HEADLINES["tvsum"], "tvsum", "tvsum",
-        (("train", "tvsum_train_sfc.json"), ("val", "tvsum_train_sfc.json")), domains=TVSUM_DOMAINS),
-    "demo": DatasetInfo(
-        "demo", 0.5, 2.0, ("train", "val"), "train", "val", _HEADLINES["demo"], "qvhighlights", "",
-        (("train", "train.jsonl"), ("val", "val.jsonl"))),
-    "custom": DatasetInfo(
-        "custom", 0.5, 2.0, (), "train", "val", _HEADLINES["custom"], "qvhighlights", "", ()),
-}
-
-
 def dataset_info(name: str) -> DatasetInfo:
-    if name not in _INFOS:
-        raise ValueError(f"dataset {name!r} not supported; valid names = {DATASETS}")
-    return _INFOS[name]
+    """The dataset's facts (fps, splits, files, domains): `r2.recipes.recipe(name).info`."""
+    return recipe(name).info
 
 
 def data_root(path: str | Path | None = None) -> Path:
@@ -109,13 +44,13 @@ def data_root(path: str | Path | None = None) -> Path:
     if path is None:
         path = os.environ.get("R2_DATA")
         if not path:
-            raise ValueError("no annotation root: pass --data-root PATH (or root=...) or set env R2_DATA to the "
-                             "folder holding qvhighlights/, charades_sta/, tacos/, ego4d_nlq/, youtube_highlights/, "
-                             "tvsum/")
+            raise ConfigError("no annotation root: pass --data-root PATH (or root=...) or set env R2_DATA to the "
+                              "folder holding qvhighlights/, charades_sta/, tacos/, ego4d_nlq/, youtube_highlights/, "
+                              "tvsum/")
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"annotation root {root} is not a folder: pass the folder holding the benchmarks "
-                                f"(or set env R2_DATA)")
+        raise NotFoundError(f"annotation root {root} is not a folder: pass the folder holding the benchmarks "
+                            f"(or set env R2_DATA)")
     return root
 
 
@@ -159,7 +94,7 @@ class Record:
     def from_json(cls, d: dict, source: str = "<record>") -> "Record":
         """Inverse of `to_json` (also reads QVHighlights-format dicts that carry "fps")."""
         if "fps" not in d:
-            raise ValueError(f"{source}: field 'fps' missing: records written by Record.to_json carry it")
+            raise AnnotationError(f"{source}: field 'fps' missing: records written by Record.to_json carry it")
         fps = _number(d, "fps", source, positive=True)
         return _parse_grounding(d, source, fps, require_windows=False)
 
@@ -206,25 +141,25 @@ class ClipScores(Sequence):
 # ---------------------------------------------------------------------------------------------------- parsing
 def _number(d: dict, key: str, source: str, positive: bool = False) -> float:
     if key not in d:
-        raise ValueError(f"{source}: field {key!r} missing")
+        raise AnnotationError(f"{source}: field {key!r} missing")
     v = d[key]
     if isinstance(v, str):
         try:
             v = float(v)
         except ValueError:
-            raise ValueError(f"{source}: field {key!r} = {v!r} is not a number") from None
+            raise AnnotationError(f"{source}: field {key!r} = {v!r} is not a number") from None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{source}: field {key!r} = {v!r} is not a finite number")
+        raise AnnotationError(f"{source}: field {key!r} = {v!r} is not a finite number")
     if positive and v <= 0:
-        raise ValueError(f"{source}: field {key!r} = {v!r} must be > 0")
+        raise AnnotationError(f"{source}: field {key!r} = {v!r} must be > 0")
     return v
 
 
 def _text(d: dict, key: str, source: str) -> str:
     if key not in d:
-        raise ValueError(f"{source}: field {key!r} missing")
+        raise AnnotationError(f"{source}: field {key!r} missing")
     if not isinstance(d[key], str):
-        raise ValueError(f"{source}: field {key!r} = {d[key]!r} must be a string")
+        raise AnnotationError(f"{source}: field {key!r} = {d[key]!r} must be a string")
     return d[key]
 
 
@@ -232,17 +167,17 @@ def _windows(d: dict, source: str, required: bool) -> list[list[float]]:
     w = d.get("relevant_windows")
     if w is None:
         if required:
-            raise ValueError(f"{source}: field 'relevant_windows' missing: every query needs at least one "
-                             f"[start, end] window in seconds")
+            raise AnnotationError(f"{source}: field 'relevant_windows' missing: every query needs at least one "
+                                  f"[start, end] window in seconds")
         return []
     if not isinstance(w, list) or (required and not w):
-        raise ValueError(f"{source}: field 'relevant_windows' = {w!r} must be a non-empty list of [start, end]")
+        raise AnnotationError(f"{source}: field 'relevant_windows' = {w!r} must be a non-empty list of [start, end]")
     for pair in w:
         if (not isinstance(pair, list) or len(pair) != 2
                 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                            for x in pair)):
-            raise ValueError(f"{source}: field 'relevant_windows' has {pair!r}: each window must be [start, end] "
-                             f"in seconds (finite numbers)")
+            raise AnnotationError(f"{source}: field 'relevant_windows' has {pair!r}: each window must be [start, end] "
+                                  f"in seconds (finite numbers)")
     return w
 
 
@@ -251,34 +186,34 @@ def _clip_scores(d: dict, source: str, fps: float, duration: float) -> ClipScore
     if ids is None and scores is None:
         return None
     if not isinstance(ids, list) or not isinstance(scores, list) or len(ids) != len(scores) or not ids:
-        raise ValueError(f"{source}: fields 'relevant_clip_ids' and 'saliency_scores' must be non-empty lists of "
-                         f"equal length (one score row per listed clip)")
+        raise AnnotationError(f"{source}: fields 'relevant_clip_ids' and 'saliency_scores' must be non-empty lists of "
+                              f"equal length (one score row per listed clip)")
     n = d["num_clips"] if "num_clips" in d else int(duration * fps)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{source}: field 'num_clips' = {n!r} must be a whole number >= 1")
+        raise AnnotationError(f"{source}: field 'num_clips' = {n!r} must be a whole number >= 1")
     width = len(scores[0]) if isinstance(scores[0], list) else -1
     rows = {}
     for k, row in zip(ids, scores):
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
-            raise ValueError(f"{source}: field 'relevant_clip_ids' has {k!r}, outside the video's {n} clips "
-                             f"(int(duration * fps)); fix the id or the duration")
+            raise AnnotationError(f"{source}: field 'relevant_clip_ids' has {k!r}, outside the video's {n} clips "
+                                  f"(int(duration * fps)); fix the id or the duration")
         if (not isinstance(row, list) or len(row) != width or width <= 0
                 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                            for x in row)):
-            raise ValueError(f"{source}: field 'saliency_scores' row {row!r} must hold one finite number per "
-                             f"annotator, {width} in every row")
+            raise AnnotationError(f"{source}: field 'saliency_scores' row {row!r} must hold one finite number per "
+                                  f"annotator, {width} in every row")
         rows[k] = list(row)
     return ClipScores(n, rows)
 
 
 def _parse_grounding(d: dict, source: str, fps: float, require_windows: bool = True) -> Record:
     if not isinstance(d, dict):
-        raise ValueError(f"{source}: expected a JSON object per line, got {type(d).__name__}")
+        raise AnnotationError(f"{source}: expected a JSON object per line, got {type(d).__name__}")
     if "qid" not in d:
-        raise ValueError(f"{source}: field 'qid' missing")
+        raise AnnotationError(f"{source}: field 'qid' missing")
     qid = d["qid"]
     if isinstance(qid, bool) or not isinstance(qid, (int, str)):
-        raise ValueError(f"{source}: field 'qid' = {qid!r} must be an int or a string")
+        raise AnnotationError(f"{source}: field 'qid' = {qid!r} must be an int or a string")
     duration = _number(d, "duration", source, positive=True)
     windows = _windows(d, source, require_windows)
     domain = d.get("domain")
@@ -300,7 +235,7 @@ def _warn_window_quirks(path: Path, records: list[Record], lines: list[int]) -> 
 
 def _read_jsonl(path: Path, fps: float, check_quirks: bool) -> list[Record]:
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} not found: check the data root (R2_DATA) or --annotations")
+        raise NotFoundError(f"annotation file {path} not found: check the data root (R2_DATA) or --annotations")
     records, lines, seen = [], [], {}
     with open(path, encoding="utf-8") as f:
         for ln, line in enumerate(f, 1):
@@ -310,15 +245,15 @@ def _read_jsonl(path: Path, fps: float, check_quirks: bool) -> list[Record]:
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{source}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise AnnotationError(f"{source}: not valid JSON ({e.msg}); each line must be one JSON object") from None
             r = _parse_grounding(d, source, fps)
             if r.qid in seen:
-                raise ValueError(f"{source}: qid {r.qid!r} already used on line {seen[r.qid]}; qids must be unique")
+                raise AnnotationError(f"{source}: qid {r.qid!r} already used on line {seen[r.qid]}; qids must be unique")
             seen[r.qid] = ln
             records.append(r)
             lines.append(ln)
     if not records:
-        raise ValueError(f"{path}: no records: expected one JSON object per line")
+        raise AnnotationError(f"{path}: no records: expected one JSON object per line")
     if check_quirks:
         _warn_window_quirks(path, records, lines)
     return records
@@ -328,22 +263,22 @@ def _read_jsonl(path: Path, fps: float, check_quirks: bool) -> list[Record]:
 def read_json_videos(path: Path) -> dict:
     """A {video_id: {...}} JSON file (the UMT YouTube / TVSum schema, or a prediction file); clear errors."""
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} not found: check the data root (R2_DATA) or --annotations")
+        raise NotFoundError(f"annotation file {path} not found: check the data root (R2_DATA) or --annotations")
     try:
         with open(path, encoding="utf-8") as f:
             anno = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise AnnotationError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(anno, dict):
-        raise ValueError(f"{path}: expected {{video_id: {{...}}}} at the top level")
+        raise AnnotationError(f"{path}: expected {{video_id: {{...}}}} at the top level")
     return anno
 
 
 def _split_vids(info: DatasetInfo, splits: dict, anno: dict, split: str, domain: str | None) -> list[tuple[str, str]]:
     if split not in info.splits:
-        raise ValueError(f"dataset {info.name!r} has no split {split!r}; valid splits = {info.splits}")
+        raise ConfigError(f"dataset {info.name!r} has no split {split!r}; valid splits = {info.splits}")
     if domain is not None and domain not in info.domains:
-        raise ValueError(f"dataset {info.name!r} has no domain {domain!r}; valid domains = {info.domains}")
+        raise ConfigError(f"dataset {info.name!r} has no domain {domain!r}; valid domains = {info.domains}")
     domains = info.domains if domain is None else (domain,)
     return [(dom, vid) for dom in domains for vid in splits[dom][split] if vid in anno]
 
@@ -352,7 +287,7 @@ def _video_entry(anno: dict, vid: str, keys: tuple[str, ...], path: Path) -> dic
     entry = anno[vid]
     for key in keys:
         if not isinstance(entry, dict) or key not in entry:
-            raise ValueError(f"{path}: video {vid!r}: field {key!r} missing")
+            raise AnnotationError(f"{path}: video {vid!r}: field {key!r} missing")
     return entry
 
 
@@ -364,10 +299,10 @@ def _load_youtube(path: Path, split: str, domain: str | None) -> list[Record]:
         source = f"{path}: video {vid!r}"
         duration = _number(e, "frames", source, positive=True) / _number(e, "fps", source, positive=True)
         if not isinstance(e["info"], list) or len(e["info"]) < 6 or not isinstance(e["info"][5], str):
-            raise ValueError(f"{source}: field 'info' must be the YouTube metadata list with the title at index 5")
+            raise AnnotationError(f"{source}: field 'info' must be the YouTube metadata list with the title at index 5")
         match = e["match"]
         if not isinstance(match, list) or not match or len(match) != len(e["clip"]):
-            raise ValueError(f"{source}: field 'match' must hold one value in {{-1, 0, 1}} per entry of 'clip'")
+            raise AnnotationError(f"{source}: field 'match' must hold one value in {{-1, 0, 1}} per entry of 'clip'")
         records.append(Record(qid=vid, query=e["info"][5], vid=vid, duration=duration, fps=len(match) / duration,
                               windows=[], clip_scores=[[float(m)] for m in match], domain=dom))
     return records
@@ -383,7 +318,7 @@ def _load_tvsum(path: Path, split: str, domain: str | None) -> list[Record]:
         rows = e["anno"]
         if not isinstance(rows, list) or not rows or any(not isinstance(r, list) or len(r) != len(rows[0])
                                                           for r in rows):
-            raise ValueError(f"{source}: field 'anno' must be a (clips x annotators) matrix")
+            raise AnnotationError(f"{source}: field 'anno' must be a (clips x annotators) matrix")
         records.append(Record(qid=vid, query=_text(e, "title", source), vid=vid, duration=duration, fps=0.5,
                               windows=[], clip_scores=[[float(x) for x in r] for r in rows], domain=dom))
     return records
@@ -398,27 +333,29 @@ def load_split(name: str, split: str, root: str | Path | None = None, annotation
     YouTube / TVSum domain (None = all domains). `fps` sets a custom dataset's sampling rate (default 0.5, one
     frame per 2 s clip; its saliency scores are then one row per 1/fps-second clip)."""
     info = dataset_info(name)
+    name = info.name  # the recipe's spelling (the lookup takes any case)
     if fps is not None and name != "custom":
-        raise ValueError(f"dataset {name!r} is sampled at its own fixed rate; fps={fps} applies to custom only")
+        raise ConfigError(f"dataset {name!r} is sampled at its own fixed rate; fps={fps} applies to custom only")
     if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"--fps {fps}: must be a positive number of frames per second")
+        raise ConfigError(f"--fps {fps}: must be a positive number of frames per second")
     if domain is not None and not info.domains:
-        raise ValueError(f"dataset {name!r} has no domains; domain={domain!r} applies to youtube and tvsum only")
+        raise ConfigError(f"dataset {name!r} has no domains; domain={domain!r} applies to "
+                          f"{' and '.join(n for n in DATASETS if dataset_info(n).domains)} only")
     if name in ("demo", "custom"):
         if annotations is None:
             what = "the folder with train.jsonl and val.jsonl" if name == "demo" else "the jsonl file (split = stem)"
-            raise ValueError(f"dataset {name!r} reads QVHighlights-format jsonl: pass annotations=PATH "
-                             f"(--annotations), {what}")
+            raise ConfigError(f"dataset {name!r} reads QVHighlights-format jsonl: pass annotations=PATH "
+                              f"(--annotations), {what}")
         path = Path(annotations)
         if name == "demo":
             if not path.is_dir():
-                raise ValueError(f"demo annotations {path} must be the folder holding train.jsonl and val.jsonl")
+                raise ConfigError(f"demo annotations {path} must be the folder holding train.jsonl and val.jsonl")
             path = path / info.file_for(split)
         elif path.is_dir():
             path = path / f"{split}.jsonl"
         elif path.stem != split:
-            raise ValueError(f"custom split {split!r} does not match the file {path}: the split name is the file "
-                             f"stem ({path.stem!r})")
+            raise ConfigError(f"custom split {split!r} does not match the file {path}: the split name is the file "
+                              f"stem ({path.stem!r})")
         return _read_jsonl(path, fps or info.fps, check_quirks=True)
     file_name = info.file_for(split)
     if annotations is not None and Path(annotations).is_file():
@@ -450,12 +387,12 @@ def saliency_target(info_or_name: DatasetInfo | str, record: Record, n_frames: i
             target[math.ceil(s):math.ceil(e)] = 1.0
         return target
     if record.clip_scores is None:
-        raise ValueError(f"{info.name} video {record.vid!r} (qid {record.qid!r}) has no clip saliency scores")
+        raise AnnotationError(f"{info.name} video {record.vid!r} (qid {record.qid!r}) has no clip saliency scores")
     n_clips = len(record.clip_scores)
     if abs(n_clips - n_frames) >= 5 and kind != "youtube":
-        raise ValueError(f"{info.name} video {record.vid!r} (qid {record.qid!r}): {n_frames} frames but {n_clips} "
-                         f"annotated clips (duration {record.duration} s at {record.fps} fps); fix the duration, or "
-                         f"re-extract at {record.fps} fps")
+        raise AnnotationError(f"{info.name} video {record.vid!r} (qid {record.qid!r}): {n_frames} frames but {n_clips} "
+                              f"annotated clips (duration {record.duration} s at {record.fps} fps); fix the duration, or "
+                              f"re-extract at {record.fps} fps")
     scores = _score_matrix(record.clip_scores, n_frames)  # (min(num_clips, n_frames), annotators)
     a = scores.shape[1]
     if kind == "qvhighlights":
@@ -464,11 +401,11 @@ def saliency_target(info_or_name: DatasetInfo | str, record: Record, n_frames: i
         per_clip = (scores.sum(axis=1) - a) / (4.0 * a)
     elif kind == "youtube":
         if n_clips != n_frames:
-            raise ValueError(f"youtube video {record.vid!r}: {n_frames} frames but {n_clips} annotated clips; "
-                             f"extract one frame per clip (fps = clips / duration)")
+            raise AnnotationError(f"youtube video {record.vid!r}: {n_frames} frames but {n_clips} annotated clips; "
+                                  f"extract one frame per clip (fps = clips / duration)")
         return ((scores[:, 0] + 1) / 2).astype(np.float32)
     else:
-        raise ValueError(f"dataset {info.name!r}: unknown saliency kind {kind!r}")
+        raise ConfigError(f"dataset {info.name!r}: unknown saliency kind {kind!r}")
     target = np.zeros(n_frames, dtype=np.float32)
     m = min(n_frames, len(per_clip))
     target[:m] = per_clip[:m]
@@ -496,18 +433,18 @@ def duration_mismatch(annotated: float, decoded: float, n_frames: int, fps: floa
 
 def video_file(name: str, vid: str, videos_dir: Path) -> Path:
     """The video file of `vid`: `<videos_dir>/<vid><suffix><ext>` for ext in VIDEO_EXTENSIONS (first found). An id
-    is a path inside `videos_dir` ('/' names a sub-folder); one that would leave it is a ValueError."""
+    is a path inside `videos_dir` ('/' names a sub-folder); one that would leave it is an AnnotationError."""
     info = dataset_info(name)
     stem = f"{vid}{info.video_suffix}"
     if Path(stem).is_absolute() or ".." in Path(stem).parts:
-        raise ValueError(f"{name} video id {vid!r} leaves the videos folder {videos_dir} (an absolute path or '..'); "
-                         f"ids name files inside it, '/' for a sub-folder")
+        raise AnnotationError(f"{name} video id {vid!r} leaves the videos folder {videos_dir} (an absolute path or '..'); "
+                              f"ids name files inside it, '/' for a sub-folder")
     candidates = [Path(videos_dir) / f"{stem}{ext}" for ext in VIDEO_EXTENSIONS]
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"{name} video {vid!r} not found: looked for {stem}{{{','.join(VIDEO_EXTENSIONS)}}} "
-                            f"in {videos_dir}")
+    raise NotFoundError(f"{name} video {vid!r} not found: looked for {stem}{{{','.join(VIDEO_EXTENSIONS)}}} "
+                        f"in {videos_dir}")
 
 
 # The fixed train/val videos of UMT / R2-Tuning (`datasets/constants.py`), intersected with the annotation file's keys.

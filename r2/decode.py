@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+from r2.recipes import recipe
+
 __all__ = ["DecodeConfig", "decode_config_for", "decode", "finish_windows", "nms", "top_windows", "upsample_level"]
 
 
@@ -20,23 +22,10 @@ class DecodeConfig:
     soft_cls: bool = False  # TVSum/YouTube: no windows; saliency = sigmoid of the stride-1 class logit
 
 
-_DECODE = {
-    "qvhighlights": dict(unit=2.0, nms="hard"),
-    "demo": dict(unit=2.0, nms="hard"),
-    "custom": dict(unit=2.0, nms="hard"),
-    "charades": dict(unit=0.1, nms="soft"),
-    "tacos": dict(unit=None, nms="soft"),
-    "ego4d": dict(unit=None, nms="soft"),
-    "tvsum": dict(soft_cls=True),
-    "youtube": dict(soft_cls=True),
-}
-
-
 def decode_config_for(dataset: str) -> DecodeConfig:
-    """The SPEC §6 decoding settings of a dataset."""
-    if dataset not in _DECODE:
-        raise ValueError(f"dataset {dataset!r} not supported; available datasets = {sorted(_DECODE)}")
-    return DecodeConfig(**_DECODE[dataset])
+    """The SPEC §6 decoding settings of a dataset: its recipe's unit and NMS; soft_cls for highlight-only sets."""
+    r = recipe(dataset)
+    return DecodeConfig(unit=r.unit, nms=r.nms, soft_cls=r.highlight_only)
 
 
 def _iou_one_to_many(window: torch.Tensor, others: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from r2.recipes import recipe
 from r2.targets import REGRESS_RANGES, point_targets
 
 __all__ = ["LossConfig", "loss_config_for", "Criterion", "focal_loss", "sampled_nce_loss", "info_nce_loss"]
@@ -36,16 +37,10 @@ class LossConfig:
     regress_ranges: tuple[tuple[float, float], ...] = REGRESS_RANGES  # per level (stride 2**level), inclusive
 
 
-_SAL_WEIGHT = {"qvhighlights": 0.1, "ego4d": 0.1, "demo": 0.1, "custom": 0.1, "tacos": 0.05, "charades": 0.01,
-               "tvsum": 0.1, "youtube": 0.1}
-_SOFT_CLS = ("tvsum", "youtube")
-
-
 def loss_config_for(dataset: str) -> LossConfig:
-    """The SPEC §5 loss settings of a dataset."""
-    if dataset not in _SAL_WEIGHT:
-        raise ValueError(f"dataset {dataset!r} not supported; available datasets = {sorted(_SAL_WEIGHT)}")
-    return LossConfig(sal_weight=_SAL_WEIGHT[dataset], soft_cls=dataset in _SOFT_CLS)
+    """The SPEC §5 loss settings of a dataset: its recipe's saliency weight; soft_cls for highlight-only sets."""
+    r = recipe(dataset)
+    return LossConfig(sal_weight=r.sal_weight, soft_cls=r.highlight_only)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:

@@ -51,7 +51,7 @@ ZOO = {
     "tvsum_vt": "r2_tuning_tvsum_vt-0069d8d3",
     "tvsum_vu": "r2_tuning_tvsum_vu-6f8ebb4b",
 }
-# The zoo's short YouTube domain names -> r2's (datasets.YOUTUBE_DOMAINS); TVSum domains are the upper-cased codes.
+# The zoo's short YouTube domain names -> r2's (recipes.YOUTUBE_DOMAINS); TVSum domains are the upper-cased codes.
 _YOUTUBE = {"dog": "dog", "gym": "gymnastics", "par": "parkour", "ska": "skating", "ski": "skiing", "sur": "surfing"}
 
 SAL_SCALE = math.log(1 / 0.07)  # the fixed buffer loss._loss_sal.scale: exp(scale) = 1 / temperature

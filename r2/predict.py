@@ -26,7 +26,7 @@ to the top 50; each frame's saliency is the mean over the windows that cover it.
 `r2.video.iter_decode` in chunks of 64: at most W + 64 encoded frames are held at once, whatever the length.
 
 W is the longest training video, recorded in the checkpoint by the trainer (`train_frames`), else
-`TRAINED_FRAMES[dataset]` (the longest training video of each benchmark, from its annotation files).
+the dataset recipe's `trained_frames` (the longest training video of each benchmark, from its annotation files).
 
 Encoded videos are kept on disk (`FeatureCache`, least recently used out beyond a byte budget), keyed by the file's
 content (SHA-256, one read of the file: about a second per GB), the sampling rate and the checkpoint's feature
@@ -56,12 +56,13 @@ from r2.decode import DecodeConfig, decode, finish_windows
 from r2.errors import R2Error, one_line_warning
 from r2.fetch import file_sha256
 from r2.model import R2Model
+from r2.recipes import recipe
 from r2.checkpoint import build_model, load_checkpoint
 from r2.train import pick_device, pick_precision, saved_config
 from r2.train import decode_config as train_decode_config
 
 __all__ = [
-    "DEFAULT_CACHE_BYTES", "ENCODE_CHUNK", "TRAINED_FRAMES", "FeatureCache", "FeatureCacheWarning", "Moment",
+    "DEFAULT_CACHE_BYTES", "ENCODE_CHUNK", "FeatureCache", "FeatureCacheWarning", "Moment",
     "PredictError", "Prediction", "Predictor", "QueryPrediction", "average_saliency", "decode_config", "display_json",
     "format_table", "get_args_parser", "main", "merge_moments", "output_stem", "read_ground_truth", "trained_frames",
     "video_files", "window_starts",
@@ -70,20 +71,6 @@ __all__ = [
 ENCODE_CHUNK = 64  # frames per decode chunk and per CLIP batch: ExtractConfig.batch_size, so features are identical
 QUERY_BATCH = 16  # queries per model call on one window
 DEFAULT_CACHE_BYTES = 4 * 2**30  # encoded-video cache budget (ViT-B/32, 4 layers: ~300 KB per frame)
-
-# Longest training video in frames, per dataset (train split of the annotation files; demo/custom as QVHighlights).
-# Used as the window length when the checkpoint's training cache is gone.
-TRAINED_FRAMES = {
-    "qvhighlights": 75,  # 150 s at 0.5 fps
-    "charades": 194,  # 194.3 s at 1 fps
-    "tacos": 701,  # 1402 s at 0.5 fps
-    "ego4d": 600,  # 1200 s at 0.5 fps
-    "tvsum": 223,  # 446 s at 0.5 fps
-    "youtube": 741,  # clips of the longest training video
-    "demo": 75,
-    "custom": 75,
-}
-
 
 class PredictError(R2Error):
     """A checkpoint, CLIP or video that cannot be used for prediction; the message says what to do."""
@@ -177,11 +164,11 @@ def decode_config(ckpt: dict) -> DecodeConfig:
 
 
 def trained_frames(ckpt: dict) -> tuple[int, str]:
-    """(W, where it comes from): the longest training video, recorded in the checkpoint by the trainer; else
-    TRAINED_FRAMES[dataset]."""
+    """(W, where it comes from): the longest training video, recorded in the checkpoint by the trainer; else the
+    dataset recipe's trained_frames."""
     if ckpt.get("train_frames"):
         return int(ckpt["train_frames"]), "longest training video (recorded in the checkpoint)"
-    return TRAINED_FRAMES[ckpt["dataset"]], f"default for {ckpt['dataset']}"
+    return recipe(ckpt["dataset"]).trained_frames, f"default for {ckpt['dataset']}"
 
 
 def read_ground_truth(path: str | Path, vid: str) -> dict[str, list[list[float]]]:

@@ -18,41 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .datasets import dataset_info
 from .errors import R2Error
-
-# (column, metric key, scale): scale 100 turns the YouTube / TVSum fractions into the paper's percentages.
-_MR_COLUMNS = (("R1@0.3", "MR-full-R1@0.3", 1), ("R1@0.5", "MR-full-R1@0.5", 1), ("R1@0.7", "MR-full-R1@0.7", 1),
-               ("mIoU", "MR-full-mIoU", 1))
-_QVH_COLUMNS = (("R1@0.5", "MR-full-R1@0.5", 1), ("R1@0.7", "MR-full-R1@0.7", 1), ("mAP@0.5", "MR-full-mAP@0.5", 1),
-                ("mAP@0.75", "MR-full-mAP@0.75", 1), ("mAP", "MR-full-mAP", 1),
-                ("HD mAP", "HL-min-VeryGood-mAP", 1), ("HIT@1", "HL-min-VeryGood-Hit1", 1))
-_YOUTUBE = (("Dog", "dog"), ("Gym.", "gymnastics"), ("Par.", "parkour"), ("Ska.", "skating"), ("Ski.", "skiing"),
-            ("Sur.", "surfing"))
-_TVSUM = tuple((d, d) for d in ("VT", "VU", "GA", "MS", "PK", "PR", "FM", "BK", "BT", "DS"))
-COLUMNS = {
-    "qvhighlights": _QVH_COLUMNS, "demo": _QVH_COLUMNS, "custom": _QVH_COLUMNS,
-    "charades": _MR_COLUMNS, "tacos": _MR_COLUMNS, "ego4d": _MR_COLUMNS,
-    "youtube": tuple((c, f"mAP-{d}", 100) for c, d in _YOUTUBE) + (("Avg.", "mAP", 100),),
-    "tvsum": tuple((c, f"mAP-{d}", 100) for c, d in _TVSUM) + (("Avg.", "mAP", 100),),
-}
-
-# The paper's R²-Tuning rows (/work/shared/paper/r2-tuning-paper.md): (dataset, split) -> (source, {column: value}).
-PAPER = {
-    ("qvhighlights", "test"): ("paper Table 1 (test)", {
-        "R1@0.5": 68.03, "R1@0.7": 49.35, "mAP@0.5": 69.04, "mAP@0.75": 47.56, "mAP": 46.17, "HD mAP": 40.75,
-        "HIT@1": 64.20}),
-    ("qvhighlights", "val"): ("paper Tables 5/9 (val)", {
-        "R1@0.5": 68.71, "R1@0.7": 52.06, "mAP": 47.59, "HD mAP": 40.59, "HIT@1": 64.32}),
-    ("ego4d", "val"): ("paper Table 2", {"R1@0.3": 7.20, "R1@0.5": 4.49, "R1@0.7": 2.12, "mIoU": 4.94}),
-    ("charades", "test"): ("paper Table 2", {"R1@0.3": 70.91, "R1@0.5": 59.78, "R1@0.7": 37.02, "mIoU": 50.86}),
-    ("tacos", "test"): ("paper Table 2", {"R1@0.3": 49.71, "R1@0.5": 38.72, "R1@0.7": 25.12, "mIoU": 35.92}),
-    ("youtube", "val"): ("paper Table 3", {"Dog": 75.6, "Gym.": 73.5, "Par.": 73.0, "Ska.": 74.6, "Ski.": 74.8,
-                                           "Sur.": 84.8, "Avg.": 76.1}),
-    ("tvsum", "val"): ("paper Table 4", {"VT": 85.0, "VU": 85.9, "GA": 91.0, "MS": 81.7, "PK": 88.8, "PR": 87.4,
-                                         "FM": 78.1, "BK": 89.2, "BT": 90.3, "DS": 74.7, "Avg.": 85.2}),
-}
-
+from .recipes import DATASETS, recipe
 
 class ReportError(R2Error):
     """A run folder that cannot be reported; the message names the file and what is wrong."""
@@ -134,12 +101,13 @@ def run_row(run_dir: Path, label: str | None = None) -> dict:
     if "dataset" not in config:
         raise ReportError(f"{run_dir / 'config.json'}: field 'dataset' missing")
     dataset = config["dataset"]
-    if dataset not in COLUMNS:
-        raise ReportError(f"{run_dir / 'config.json'}: dataset {dataset!r} unknown; one of {', '.join(COLUMNS)}")
+    if not isinstance(dataset, str) or dataset.lower() not in DATASETS:
+        raise ReportError(f"{run_dir / 'config.json'}: dataset {dataset!r} unknown; one of {', '.join(DATASETS)}")
+    dataset = recipe(dataset).name
     metrics = _read_json(run_dir / "metrics.json")
-    split = config.get("eval_split", dataset_info(dataset).eval_split)
+    split = config.get("eval_split", recipe(dataset).info.eval_split)
     row = {"run": label or run_dir.name, "dataset": dataset, "split": split}
-    for column, key, scale in COLUMNS[dataset]:
+    for column, key, scale in recipe(dataset).columns:
         if key in metrics:
             row[column] = round(metrics[key] * scale, 2)
     return row
@@ -168,9 +136,10 @@ def table_of(rows: list[dict]) -> pd.DataFrame:
     for dataset, split in dict.fromkeys((r["dataset"], r["split"]) for r in rows):
         group = [r for r in rows if (r["dataset"], r["split"]) == (dataset, split)]
         out.extend(group)
-        if (dataset, split) in PAPER:
-            source, values = PAPER[(dataset, split)]
-            present = {c for r in group for c in r} if dataset in ("youtube", "tvsum") else set(values)
+        if split in recipe(dataset).paper:
+            source, values = recipe(dataset).paper[split]
+            # per-domain runs: only the domains reported (and the average); the others: every published column
+            present = {c for r in group for c in r} if recipe(dataset).highlight_only else set(values)
             out.append({"run": f"R²-Tuning, {source}", "dataset": dataset, "split": split,
                         **{c: v for c, v in values.items() if c in present or c == "Avg."}})
     return pd.DataFrame(out)
@@ -179,7 +148,7 @@ def table_of(rows: list[dict]) -> pd.DataFrame:
 def _markdown(table: pd.DataFrame) -> str:
     parts = []
     for (dataset, split), group in table.groupby(["dataset", "split"], sort=False):
-        columns = ["run"] + [c for c, _, _ in COLUMNS[dataset] if c in group and group[c].notna().any()]
+        columns = ["run"] + [c for c, _, _ in recipe(dataset).columns if c in group and group[c].notna().any()]
         lines = [f"### {dataset} ({split})", "", "| " + " | ".join(columns) + " |",
                  "|" + "---|" * len(columns)]
         for _, r in group.iterrows():
@@ -195,10 +164,11 @@ def curve_columns(log: pd.DataFrame, dataset: str, split: str, headline: str) ->
     split's `<split>_<key>` column, or a bare `<key>`), the headline first; lr: the learning rate."""
     numeric = [c for c in log.columns if c != "epoch" and pd.api.types.is_numeric_dtype(log[c])]
     losses = [(c, c, 1) for c in numeric if "loss" in c.lower()]
-    paper = {key: (label, scale) for label, key, scale in COLUMNS[dataset]}
+    columns = recipe(dataset).columns
+    paper = {key: (label, scale) for label, key, scale in columns}
     label, scale = paper.get(headline, (headline, 1))
     wanted = [(f"{label} (headline)", headline, scale)]
-    wanted += [(label, key, scale) for label, key, scale in COLUMNS[dataset] if key != headline]
+    wanted += [(label, key, scale) for label, key, scale in columns if key != headline]
     shown = []
     for label, key, scale in wanted:
         for column in (f"{split}_{key}", key):
@@ -225,8 +195,8 @@ def plot_run(run_dir: Path, out_dir: Path, name: str | None = None) -> Path:
         raise ReportError(f"{path}: column 'epoch' missing")
     config = _read_json(run_dir / "config.json")
     dataset = config["dataset"]
-    split = config.get("eval_split", dataset_info(dataset).eval_split)
-    headline = config.get("headline", dataset_info(dataset).headline)
+    split = config.get("eval_split", recipe(dataset).info.eval_split)
+    headline = config.get("headline", recipe(dataset).info.headline)
     panels = curve_columns(log, dataset, split, headline)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4), gridspec_kw={"width_ratios": [2, 2, 1]})
     for ax, (title, columns) in zip(axes, panels.items()):

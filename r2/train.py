@@ -27,44 +27,20 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from r2 import datasets, engine, metrics
+from r2 import engine, metrics
 from r2.cache import Cache, CacheError
 from r2.checkpoint import (build_model, cache_identity, check_compatible, check_same_cache, checkpoint_file,
                            checkpoint_meta, load_checkpoint, save)
 from r2.data import MIN_TRAIN_SECONDS, GlobalBatchSampler, GroundingDataset, Preloaded, collate, to_device
 from r2.decode import DecodeConfig, decode, decode_config_for
-from r2.errors import R2Error
+from r2.errors import ConfigError
 from r2.losses import Criterion, LossConfig, loss_config_for
 from r2.model import R2Config, R2Model, config_for
+from r2.recipes import DATASETS, recipe
 
 
-@dataclass
-class Schedule:
-    """SPEC §7 per-dataset defaults."""
-    batch_size: int
-    epochs: int
-    lr: float
-    lr_drop: int | None  # epoch at which the LR is multiplied by 0.1 (None: never)
-    warmup_iters: int
-    passes: int = 1  # passes over the training data per epoch (QVHighlights: 4)
-
-
-SCHEDULES = {
-    "qvhighlights": Schedule(128, 30, 5e-4, 20, 500, passes=4),
-    "charades": Schedule(32, 50, 2.5e-4, 30, 500),
-    "tacos": Schedule(32, 100, 2.5e-4, 50, 500),
-    "ego4d": Schedule(32, 30, 2.5e-4, 20, 500),
-    "youtube": Schedule(4, 200, 5e-4, None, 50),
-    "tvsum": Schedule(4, 500, 5e-4, None, 50),
-    # not in the paper: the demo reaches R1@0.5 > 80 on its val split in 10 epochs (about 5 minutes on 2 CPU
-    # cores with the tiny CLIP); custom sets (often small) get the same recipe with more epochs
-    "demo": Schedule(16, 12, 1e-3, 10, 100),
-    "custom": Schedule(16, 30, 1e-3, 20, 100),
-}
-
-
-class ConfigError(R2Error, ValueError):
-    """A training setting that cannot run as given; the message names the flag and the values it allows."""
+# A view of the recipes' schedules, for callers that index by name (bench/train.py); r2 reads recipe(name).schedule.
+SCHEDULES = {name: recipe(name).schedule for name in DATASETS}
 
 
 def flag(name: str) -> str:
@@ -195,8 +171,8 @@ def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, Loss
     """Fill every None field from the dataset's defaults (an LR drop of None: -1, none) and check the splits and
     domain against the cache; the model, loss and decoding values are written back, so the config records them."""
     name = cache.dataset
-    info = datasets.dataset_info(name)
-    sched = SCHEDULES[name]
+    info = recipe(name).info
+    sched = recipe(name).schedule
     cfg = dataclasses.replace(cfg, **{f: getattr(sched, f) for f in ("batch_size", "epochs", "lr", "lr_drop",
                                                                        "warmup_iters", "passes")
                                       if getattr(cfg, f) is None},
@@ -223,7 +199,7 @@ def _check_splits_and_domain(cfg: TrainConfig, cache: Cache):
             raise ConfigError(f"{flag(f)} {_shown(getattr(cfg, f))}: {cache.entry} has no such split; one of "
                               f"{', '.join(cache.splits)}")
     known = domains(cache)
-    if cache.dataset in ("youtube", "tvsum") and cfg.domain is None:
+    if recipe(cache.dataset).info.domains and cfg.domain is None:
         raise ConfigError(f"--domain: {cache.dataset} is trained per domain; pass one of {', '.join(known)}")
     if cfg.domain is not None and cfg.domain not in known:
         raise ConfigError(f"--domain {_shown(cfg.domain)}: " + (f"{cache.entry} has domains {', '.join(known)}"
@@ -298,17 +274,16 @@ def seed_everything(seed: int):
 
 
 # The reference warms QVHighlights up for 500 of its 6,780 iterations (30 epochs of 4 passes): a custom set's
-# default warm-up is capped at that fraction of the run, so that a small set leaves warm-up as QVHighlights does.
-# The six benchmarks keep the paper's schedules exactly (TVSum's 50 of 500 iterations included), and the demo's
-# schedule is sized for the demo.
+# default warm-up (recipe.cap_warmup) is capped at that fraction of the run, so that a small set leaves warm-up as
+# QVHighlights does. The six benchmarks keep the paper's schedules exactly (TVSum's 50 of 500 iterations included),
+# and the demo's schedule is sized for the demo.
 WARMUP_CAP = 500 / 6780
-CAPPED_WARMUP = ("custom",)
 
 
 def fit_schedule(cfg: TrainConfig, default_warmup: bool, iterations: int, dataset: str) -> TrainConfig:
     """The schedule of a run of `iterations` steps: a custom set's default warm-up capped at WARMUP_CAP of them (one
     given as a flag is kept), and a warning for each part that cannot run as configured."""
-    if default_warmup and dataset in CAPPED_WARMUP:
+    if default_warmup and recipe(dataset).cap_warmup:
         cfg = dataclasses.replace(cfg, warmup_iters=min(cfg.warmup_iters, round(WARMUP_CAP * iterations)))
     elif cfg.warmup_iters > iterations:
         warnings.warn(f"--warmup-iters {cfg.warmup_iters} is longer than the run ({iterations} iterations): the LR "

@@ -110,7 +110,7 @@ def test_custom_and_demo_files(tmp_path):
 
 def test_dataset_info_and_data_root(tmp_path, monkeypatch):
     assert set(DATASETS) == {"qvhighlights", "charades", "tacos", "ego4d", "youtube", "tvsum", "demo", "custom"}
-    with pytest.raises(ValueError, match="valid names"):
+    with pytest.raises(ValueError, match="not supported; available datasets"):
         dataset_info("kinetics")
     assert dataset_info("charades").fps == 1.0 and dataset_info("tacos").eval_split == "test"
     assert data_root(tmp_path) == tmp_path

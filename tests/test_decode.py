@@ -194,7 +194,7 @@ def test_decode_config_per_dataset():
     assert decode_config_for("charades") == DecodeConfig(unit=0.1, nms="soft")
     assert decode_config_for("tacos") == decode_config_for("ego4d") == DecodeConfig(unit=None, nms="soft")
     assert decode_config_for("youtube").soft_cls
-    with pytest.raises(ValueError, match="available datasets"):
+    with pytest.raises(ValueError, match="not supported; available datasets"):
         decode_config_for("kinetics")
     outputs, batch = hand_case()
     del outputs["boundaries"]

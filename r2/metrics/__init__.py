@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from ..datasets import TVSUM_SPLITS, YOUTUBE_SPLITS, dataset_info
+from ..recipes import recipe
 from .highlights import eval_highlights, eval_tvsum, eval_youtube, sklearn_interpolated_ap, trapezoid_ap
 from .moments import eval_moments, iou_cross, iou_hull
 
@@ -147,7 +148,7 @@ def evaluate(dataset: str, submission: list[dict], ground_truth: list[dict]) -> 
         raise ValueError(f"{dataset}: empty submission or ground truth")
     if dataset == "qvhighlights":
         return eval_qvhighlights(submission, ground_truth)
-    if dataset in ("youtube", "tvsum"):
+    if recipe(dataset).highlight_only:
         vids = [d["vid"] for d in ground_truth]
         pred = {d["vid"]: d.get("pred_saliency_scores") for d in submission}
         extra = [v for v in pred if v not in set(vids)]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..datasets import DATASETS, TVSUM_SPLITS, YOUTUBE_SPLITS, read_json_videos
 from ..errors import R2Error
+from ..recipes import recipe
 from . import check_saliency_predictions, evaluate, eval_tvsum, eval_youtube, read_jsonl
 from .moments import empty_buckets
 
@@ -56,7 +57,7 @@ def shown(metrics: dict, empty: list[str]) -> dict:
 
 def main(args) -> dict:
     """The metrics (the evaluator's values); prints and writes them with empty buckets as "n/a"."""
-    if args.dataset in ("youtube", "tvsum"):
+    if recipe(args.dataset).highlight_only:
         metrics, empty = _domain_metrics(args), []
     else:
         gt = read_jsonl(args.gt)

@@ -1,14 +1,9 @@
-"""Configuration of the R² model (SPEC §3): one dataclass, and the per-dataset variants."""
+"""Configuration of the R² model (SPEC §3): one dataclass, and the per-dataset variant read from the recipe."""
 from dataclasses import dataclass
 
-__all__ = ["R2Config", "config_for", "DATASETS"]
+from r2.recipes import DATASETS, recipe
 
-# SPEC §3 / §7: the feature dropout of `video_map` and `query_map` per dataset (demo / custom: not in the paper;
-# small sets that must train in minutes on a CPU; raise it with --dropout for a large custom set).
-_DROPOUT = {"qvhighlights": 0.5, "tacos": 0.5, "demo": 0.1, "custom": 0.1, "charades": 0.35, "ego4d": 0.3}
-# Highlight-only sets: no TEF, a single pyramid level, no boundary head.
-_HIGHLIGHT_ONLY = ("tvsum", "youtube")
-DATASETS = tuple(_DROPOUT) + _HIGHLIGHT_ONLY
+__all__ = ["R2Config", "config_for", "DATASETS"]
 
 
 @dataclass(frozen=True)
@@ -40,11 +35,10 @@ class R2Config:
 
 
 def config_for(dataset: str, video_dim: int, query_dim: int, tokens: int, layers: int) -> R2Config:
-    """The SPEC §3 model variant for `dataset`; the dimensions come from the feature cache."""
-    name = dataset.lower()
-    dims = dict(video_dim=video_dim, query_dim=query_dim, tokens=tokens, layers=layers)
-    if name in _HIGHLIGHT_ONLY:
+    """The SPEC §3 model variant for `dataset` (its recipe's dropout; highlight-only sets: no TEF, a single
+    pyramid level, no boundary head); the dimensions come from the feature cache."""
+    r = recipe(dataset)
+    dims = dict(video_dim=video_dim, query_dim=query_dim, tokens=tokens, layers=layers, dropout=r.dropout)
+    if r.highlight_only:
         return R2Config(**dims, tef=False, strides=(1,), boundary=False)
-    if name in _DROPOUT:
-        return R2Config(**dims, dropout=_DROPOUT[name])
-    raise ValueError(f"dataset {dataset!r} not supported; available datasets = {list(DATASETS)}")
+    return R2Config(**dims)
