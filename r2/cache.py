@@ -36,6 +36,24 @@ flushed after the rows it points to, so readers never see a half-written video o
                                                   text shared by several queries is stored once)
   The segment's attributes repeat `fingerprint` and `dims`, plus `shard` ("i/n").
 
+Compact stores (`extract/run.py --store int8|fp8`, or `python -m r2.cache convert SRC DST --store int8`) keep the
+same layout with 1-byte features and float16 scales:
+    video_feats   int8 (int8 store) or uint8 (fp8 store: torch.float8_e4m3fn bit patterns), (N_frames, K, P+1, Dv)
+    video_scales  float16 (N_videos, K, Dv)       one scale per (layer, channel) of each video: row j belongs to
+                                                  video_index row j
+    query_feats   int8 or uint8 (N_tokens, K, Dq)
+    query_scales  float16 (N_tokens, K)           one scale per (token, layer) of each query: the same rows as
+                                                  query_feats
+  The rule (`quantize`): from the float16 features, scale = absmax / QMAX, rounded to float16, the absmax taken over
+  a video's frames and tokens per (layer, channel) (VIDEO_AXES: CLIP's residual stream has a few channels far larger
+  than the rest in every token) and over a query token's channels per layer (QUERY_AXES: a query has ~10 tokens, so
+  per-channel scales would cost 1/L of its bytes, and its SOT token is far larger than the others); stored =
+  x / scale clipped to [-QMAX, QMAX] and rounded to nearest, ties to even (QMAX 127 for int8, 448 = the largest
+  float8_e4m3fn for fp8); an all-zero group has scale 0 and stores zeros. Decoded value = stored * scale in float32
+  (exact: 8 x 11 significant bits), rounded to float16 (`dequantize`; on the training device `r2.data.dequantize`).
+  The fingerprint's `dtype` and `scales` name the store, so caches of two stores never mix and a checkpoint records
+  the store it was trained on.
+
 A killed writer may leave rows past the last committed index row; they are never read, and a segment that was
 not closed cleanly is never written again (its HDF5 status flags stay set): the next run appends a new segment.
 """
@@ -50,7 +68,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -60,7 +78,97 @@ from r2.errors import R2Error
 
 FORMAT = "r2-cache"
 VERSION = 1
-FEATURE_DTYPE = np.float16
+FEATURE_DTYPE = np.float16  # the fp16 store's features, and what `Cache.video` / `Cache.query` return for every store
+
+
+@dataclass(frozen=True)
+class Store:
+    """How a cache stores its features: the fingerprint's `dtype`, the HDF5 dtype, and QMAX for compact stores."""
+    name: str  # --store: fp16, int8, fp8
+    dtype: str  # the fingerprint's "dtype" field
+    storage: type  # numpy dtype of video_feats / query_feats
+    qmax: float | None  # largest stored magnitude (None: no scales)
+
+    @property
+    def compact(self) -> bool:
+        return self.qmax is not None
+
+    def fields(self) -> dict:
+        """The fingerprint fields that name this store (fp16 keeps the one field caches have always had)."""
+        if not self.compact:
+            return {"dtype": self.dtype}
+        return {"dtype": self.dtype, "scales": f"float16 absmax/{self.qmax:g} per (video, layer, channel) and per "
+                                               f"(query token, layer); round half to even, clipped"}
+
+
+STORES = {
+    "fp16": Store("fp16", "float16", np.float16, None),
+    "int8": Store("int8", "int8", np.int8, 127.0),
+    "fp8": Store("fp8", "float8_e4m3fn", np.uint8, 448.0),
+}
+
+
+def store_of(fingerprint: dict) -> Store:
+    """The store a cache's fingerprint names (a fingerprint without `dtype` is fp16, the only store there was)."""
+    dtype = fingerprint.get("dtype", "float16")
+    for store in STORES.values():
+        if store.dtype == dtype:
+            return store
+    raise CacheError(f"fingerprint dtype {dtype!r}: not a store this r2 reads ({', '.join(STORES)})")
+
+
+def get_store(name: str) -> Store:
+    if name not in STORES:
+        raise CacheError(f"--store {name!r}: one of {', '.join(STORES)}")
+    return STORES[name]
+
+
+def with_store(fingerprint: dict, store: Store) -> dict:
+    """The fingerprint of the same features kept in another store."""
+    out = {k: v for k, v in fingerprint.items() if k not in ("dtype", "scales")}
+    return {**out, **store.fields()}
+
+
+def _fp8_table() -> np.ndarray:
+    """float32 value of each float8_e4m3fn bit pattern (sign, 4 exponent bits with bias 7, 3 mantissa bits; exponent
+    0 is subnormal; S.1111.111 is NaN, there is no infinity), so reading needs no torch."""
+    code = np.arange(256)
+    sign = np.where(code & 0x80, -1.0, 1.0)
+    exponent, mantissa = (code >> 3) & 0xF, code & 0x7
+    value = np.where(exponent == 0, mantissa / 8 * 2.0 ** -6, (1 + mantissa / 8) * 2.0 ** (exponent - 7.0))
+    value = np.where((exponent == 0xF) & (mantissa == 0x7), np.nan, value)
+    return (sign * value).astype(np.float32)
+
+
+FP8_VALUES = _fp8_table()
+
+
+VIDEO_AXES = (0, 2)  # video features (T, K, P+1, Dv): absmax over frames and tokens -> scales (K, Dv)
+QUERY_AXES = (2,)  # query features (L, K, Dq): absmax over channels -> scales (L, K)
+
+
+def quantize(feats: np.ndarray, store: Store, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Features -> (stored codes, float16 scales: the absmax over `axes` / QMAX, those axes dropped), by the rule in
+    the module docstring. The input is rounded to float16 first, so extracting into a compact store and converting
+    an fp16 cache give the same bytes."""
+    x = np.asarray(feats).astype(np.float16).astype(np.float32)
+    scales = (np.abs(x).max(axis=axes) / np.float32(store.qmax)).astype(np.float16)  # (K, Dv) or (L, K)
+    s = np.expand_dims(scales.astype(np.float32), axes)  # (1, K, 1, Dv) or (L, K, 1)
+    y = np.where(s > 0, x / np.where(s > 0, s, 1), 0).clip(-store.qmax, store.qmax)
+    if store.storage is np.int8:
+        return np.rint(y).astype(np.int8), scales
+    import torch  # numpy has no float8: torch's cast rounds to nearest, ties to even
+
+    return torch.from_numpy(np.ascontiguousarray(y)).to(torch.float8_e4m3fn).view(torch.uint8).numpy(), scales
+
+
+def dequantize(stored: np.ndarray, scales: np.ndarray | None, axes: tuple[int, ...]) -> np.ndarray:
+    """float16 features from a store's codes and the scales `quantize` made over `axes`; fp16 features (scales
+    None) come back as they are."""
+    if scales is None:
+        return stored
+    values = FP8_VALUES[stored] if stored.dtype == np.uint8 else stored.astype(np.float32)
+    return (values * np.expand_dims(scales.astype(np.float32), axes)).astype(np.float16)
 SEGMENT_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.(\d{3})\.h5")  # shard i, shard count n, segment number
 
 
@@ -94,6 +202,19 @@ def shard_items(items, shard: tuple[int, int]) -> list[str]:
 
 def _shard_stem(shard: tuple[int, int]) -> str:
     return f"shard-{shard[0]:05d}-of-{shard[1]:05d}"
+
+
+def committed(entry: Path, shard: tuple[int, int]) -> tuple[set[str], set[str]]:
+    """(video ids, query texts) committed in shard (i, n) of the cache at `entry`, from its segments' index rows
+    (no lock taken: segments are append-only, so the answer can only grow while a writer runs)."""
+    videos: set[str] = set()
+    texts: set[str] = set()
+    folder = parts_dir(entry)
+    for path in sorted(folder.glob(f"{_shard_stem(shard)}.*.h5")) if folder.is_dir() else []:
+        index = read_segment_index(path)
+        videos.update(index.videos)
+        texts.update(index.queries)
+    return videos, texts
 
 
 def fingerprint_diff(a: dict, b: dict) -> str:
@@ -252,6 +373,7 @@ class ShardWriter:
         self.shard = shard
         self.fingerprint = fingerprint
         self.dims = dims
+        self.store = store_of(fingerprint)
         self.dir = parts_dir(self.entry)
         self.dir.mkdir(parents=True, exist_ok=True)
         stem = _shard_stem(shard)
@@ -270,7 +392,7 @@ class ShardWriter:
             # are flushed or their handle closes, and h5py reports a failed write only from an explicit flush
             # (closing a handle swallows it). Held handles + a flush before each commit make a full disk an error
             # raised before the index row that would expose the unwritten rows.
-            self._ds = {name: self.file[name] for name in _DATASETS}
+            self._ds = {name: self.file[name] for name in datasets_of(self.store)}
             self._broken: str | None = None
             self._logged: set[str] | None = None  # failures.jsonl lines, read on the first failure
         except BaseException:
@@ -300,14 +422,17 @@ class ShardWriter:
             f.attrs["dims"] = json.dumps(self.dims, sort_keys=True)
             f.attrs["shard"] = f"{self.shard[0]}/{self.shard[1]}"
             k, p, dv, dq = len(self.dims["layers"]), self.dims["tokens"], self.dims["video_dim"], self.dims["query_dim"]
-            _appendable(f, "video_feats", (k, p, dv), FEATURE_DTYPE, rows_per_chunk=1)
+            _appendable(f, "video_feats", (k, p, dv), self.store.storage, rows_per_chunk=1)
             _appendable(f, "video_times", (), np.float64, rows_per_chunk=4096)
             _appendable(f, "video_index", (4,), np.int64, rows_per_chunk=1024)
             _appendable(f, "video_info", (2,), np.float64, rows_per_chunk=1024)
             _appendable(f, "video_ids", (), np.uint8, rows_per_chunk=16384)
-            _appendable(f, "query_feats", (k, dq), FEATURE_DTYPE, rows_per_chunk=16)
+            _appendable(f, "query_feats", (k, dq), self.store.storage, rows_per_chunk=16)
             _appendable(f, "query_index", (4,), np.int64, rows_per_chunk=1024)
             _appendable(f, "query_texts", (), np.uint8, rows_per_chunk=16384)
+            if self.store.compact:
+                _appendable(f, "video_scales", (k, dv), np.float16, rows_per_chunk=16)
+                _appendable(f, "query_scales", (k,), np.float16, rows_per_chunk=16)
             f.flush()
         except (OSError, RuntimeError) as e:
             try:
@@ -322,37 +447,53 @@ class ShardWriter:
         f.swmr_mode = True
         return f
 
-    def add_video(self, vid: str, feats: np.ndarray, times: np.ndarray, duration: float, fps: float):
-        """Append one video: feats (T, K, P+1, Dv), times (T,). Visible to readers only once complete."""
+    def _encode(self, feats: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features as this store keeps them: (fp16 features, None) or (1-byte codes, float16 scales)."""
+        if self.store.compact:
+            return quantize(feats, self.store, axes)
+        return feats.astype(FEATURE_DTYPE, copy=False), None
+
+    def add_video(self, vid: str, feats: np.ndarray, times: np.ndarray, duration: float, fps: float) -> int:
+        """Append one video: feats (T, K, P+1, Dv), times (T,). Visible to readers only once complete. Returns the
+        feature bytes stored (codes and scales)."""
         k, p, dv = len(self.dims["layers"]), self.dims["tokens"], self.dims["video_dim"]
         if feats.ndim != 4 or feats.shape[1:] != (k, p, dv) or len(times) != len(feats) or len(feats) == 0:
             raise ValueError(f"video {vid!r}: features {feats.shape} / times {np.shape(times)} do not match "
                              f"(T, {k}, {p}, {dv}) with T >= 1")
         self._check_writable()
         ds = self._ds
+        stored, scales = self._encode(feats, VIDEO_AXES)
         try:
-            first = _append(ds["video_feats"], feats.astype(FEATURE_DTYPE, copy=False))
+            first = _append(ds["video_feats"], stored)
             _append(ds["video_times"], np.asarray(times, dtype=np.float64))
             id_offset, id_len = _append_bytes(ds["video_ids"], vid)
             _append(ds["video_info"], np.array([[duration, fps]], dtype=np.float64))
-            for name in ("video_feats", "video_times", "video_ids", "video_info"):
-                ds[name].flush()
+            if scales is not None:
+                _append(ds["video_scales"], scales[None])
+            for name in ("video_feats", "video_times", "video_ids", "video_info", "video_scales"):
+                if name in ds:
+                    ds[name].flush()
             _append(ds["video_index"], np.array([[id_offset, id_len, first, len(feats)]], dtype=np.int64))
             ds["video_index"].flush()  # the commit point
         except (OSError, RuntimeError) as e:  # h5py raises RuntimeError for a failed flush, OSError for a write
             raise self._write_failed(f"video {vid!r}", e) from None
         self.videos.add(vid)
+        return stored.nbytes + (scales.nbytes if scales is not None else 0)
 
-    def add_query(self, text: str, feats: np.ndarray):
-        """Append one query text's token features (L, K, Dq)."""
+    def add_query(self, text: str, feats: np.ndarray) -> int:
+        """Append one query text's token features (L, K, Dq); returns the feature bytes stored."""
         k, dq = len(self.dims["layers"]), self.dims["query_dim"]
         if feats.ndim != 3 or feats.shape[1:] != (k, dq) or len(feats) == 0:
             raise ValueError(f"query {text!r}: features {feats.shape} do not match (L, {k}, {dq})")
         self._check_writable()
         ds = self._ds
+        stored, scales = self._encode(feats, QUERY_AXES)
         try:
-            first = _append(ds["query_feats"], feats.astype(FEATURE_DTYPE, copy=False))
+            first = _append(ds["query_feats"], stored)
             offset, length = _append_bytes(ds["query_texts"], text)
+            if scales is not None:
+                _append(ds["query_scales"], scales)  # (L, K): the rows of query_feats
+                ds["query_scales"].flush()
             ds["query_feats"].flush()
             ds["query_texts"].flush()
             _append(ds["query_index"], np.array([[offset, length, first, len(feats)]], dtype=np.int64))
@@ -360,6 +501,7 @@ class ShardWriter:
         except (OSError, RuntimeError) as e:
             raise self._write_failed(f"query {text!r}", e) from None
         self.queries.add(text)
+        return stored.nbytes + (scales.nbytes if scales is not None else 0)
 
     def _check_writable(self):
         if self._broken is not None:
@@ -413,6 +555,12 @@ class ShardWriter:
 
 _DATASETS = ("video_feats", "video_times", "video_index", "video_info", "video_ids", "query_feats", "query_index",
              "query_texts")
+SCALE_DATASETS = ("video_scales", "query_scales")  # compact stores only: one row per video / query index row
+
+
+def datasets_of(store: Store) -> tuple[str, ...]:
+    """The datasets a segment of this store holds."""
+    return _DATASETS + (SCALE_DATASETS if store.compact else ())
 
 
 def _acquire_lock(path: Path):
@@ -452,15 +600,18 @@ def _append_bytes(ds: h5py.Dataset, text: str) -> tuple[int, int]:
 def _truncate_to_committed(f: h5py.File):
     """Drop rows past the last committed index row (left by a writer that failed between the two)."""
     for index, pairs in (("video_index", [("video_ids", 0, 1), ("video_feats", 2, 3), ("video_times", 2, 3)]),
-                         ("query_index", [("query_texts", 0, 1), ("query_feats", 2, 3)])):
+                         ("query_index", [("query_texts", 0, 1), ("query_feats", 2, 3), ("query_scales", 2, 3)])):
         idx = f[index][...]
         for name, start, length in pairs:
+            if name not in f:
+                continue
             end = int((idx[:, start] + idx[:, length]).max()) if len(idx) else 0
             if f[name].shape[0] != end:
                 f[name].resize(end, axis=0)
     n = f["video_index"].shape[0]
-    if f["video_info"].shape[0] != n:
-        f["video_info"].resize(n, axis=0)
+    for name in ("video_info", "video_scales"):
+        if name in f and f[name].shape[0] != n:
+            f[name].resize(n, axis=0)
 
 
 def _check_segment(path: Path, fp: dict, dims: dict, want_fp: dict, want_dims: dict):
@@ -484,6 +635,7 @@ class SegmentIndex:
     videos: dict[str, tuple[int, int, float, float]]  # vid -> (first_row, n_rows, duration, fps)
     queries: dict[str, tuple[int, int]]  # text -> (first_row, n_rows)
     size_needed: int = 0  # bytes the file must keep for its committed rows (checked again on every read)
+    video_rows: dict[str, int] = field(default_factory=dict)  # vid -> its video_index row (its video_scales row)
 
 
 SWMR_READ_ATTEMPTS = 24  # HDF5 retries a metadata read whose checksum fails this many times in SWMR mode,
@@ -572,7 +724,10 @@ def size_needed(path: Path, f: h5py.File, video_rows: int, query_rows: int) -> i
                         for name, n in (("video_feats", video_rows), ("query_feats", query_rows)))
     if not f.swmr_mode:  # opened plain: the whole file up to its stored end of file was there
         return max(_superblock(path)[1], feature_bytes)
-    return max(feature_bytes, _committed_end(f, "video_feats", video_rows), _committed_end(f, "query_feats", query_rows))
+    scales = [_committed_end(f, name, rows) for name, rows in
+              (("video_scales", f["video_index"].shape[0]), ("query_scales", query_rows)) if name in f]
+    return max(feature_bytes, _committed_end(f, "video_feats", video_rows), _committed_end(f, "query_feats", query_rows),
+               *scales)
 
 
 def _file_size(path: Path) -> int:
@@ -605,13 +760,15 @@ def read_segment_index(path: Path) -> SegmentIndex:
             raise CacheError(f"{path}: damaged cache segment ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
                              f"delete it and re-run extraction for its shard") from None
     check_size(path, needed)
-    videos = {}
-    for (off, n, first, rows), (duration, fps) in zip(vindex, vinfo):
-        videos.setdefault(vid_bytes[off:off + n].decode("utf-8"), (int(first), int(rows), float(duration), float(fps)))
+    videos, video_rows = {}, {}
+    for j, ((off, n, first, rows), (duration, fps)) in enumerate(zip(vindex, vinfo)):
+        vid = vid_bytes[off:off + n].decode("utf-8")
+        videos.setdefault(vid, (int(first), int(rows), float(duration), float(fps)))
+        video_rows.setdefault(vid, j)
     queries = {}
     for off, n, first, rows in qindex:
         queries.setdefault(q_bytes[off:off + n].decode("utf-8"), (int(first), int(rows)))
-    return SegmentIndex(path, fp, dims, videos, queries, needed)
+    return SegmentIndex(path, fp, dims, videos, queries, needed, video_rows)
 
 
 def rows_end(index: np.ndarray) -> int:
@@ -633,9 +790,11 @@ class Cache:
         self.fingerprint: dict = attrs["fingerprint"]
         self.dims: dict = attrs["dims"]
         self.splits: list[str] = attrs["splits"]
+        self.store: Store = store_of(self.fingerprint)
         self.segments: list[Path] = sorted(parts_dir(self.entry).glob("shard-*.h5"))
         self._videos: dict[str, tuple[int, int, int, float, float]] = {}  # vid -> (segment, first, rows, dur, fps)
         self._queries: dict[str, tuple[int, int, int]] = {}  # text -> (segment, first, rows)
+        self._scale_row: dict[str, int] = {}  # vid -> its video_scales row (query scales share query_feats' rows)
         self.duplicates: list[str] = []
         self._needed: list[int] = []  # per segment: bytes its committed rows need (a shrunk file is damaged)
         for s, path in enumerate(self.segments):
@@ -650,6 +809,7 @@ class Cache:
                     self.duplicates.append(vid)
                     continue
                 self._videos[vid] = (s, first, rows, duration, fps)
+                self._scale_row[vid] = index.video_rows[vid]
             for text, (first, rows) in index.queries.items():
                 self._queries.setdefault(text, (s, first, rows))
         self._handles: dict[int, h5py.File] = {}
@@ -700,24 +860,39 @@ class Cache:
         return f
 
     def video(self, vid: str) -> np.ndarray:
-        """float16 (T, K, P+1, Dv): one contiguous read of every tapped layer of the video."""
+        """float16 (T, K, P+1, Dv): one contiguous read of every tapped layer of the video (decoded for compact
+        stores)."""
+        return dequantize(*self.stored_video(vid), VIDEO_AXES)
+
+    def stored_video(self, vid: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The video as stored: (features (T, K, P+1, Dv) in the store's dtype, float16 scales (K, Dv) or None)."""
         try:
             s, first, rows, _, _ = self._videos[vid]
         except KeyError:
             raise KeyError(f"video {vid!r} is not in {self.entry}") from None
-        return self._read(s, "video_feats", first, rows)
+        feats = self._read(s, "video_feats", first, rows)
+        if not self.store.compact:
+            return feats, None
+        return feats, self._read(s, "video_scales", self._scale_row[vid], 1)[0]
 
     def times(self, vid: str) -> np.ndarray:
         s, first, rows, _, _ = self._videos[vid]
         return self._read(s, "video_times", first, rows)
 
     def query(self, text: str) -> np.ndarray:
-        """float16 (L, K, Dq): the query's SOT..EOT token features."""
+        """float16 (L, K, Dq): the query's SOT..EOT token features (decoded for compact stores)."""
+        return dequantize(*self.stored_query(text), QUERY_AXES)
+
+    def stored_query(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The query as stored: (features (L, K, Dq) in the store's dtype, float16 scales (L, K) or None)."""
         try:
             s, first, rows = self._queries[text]
         except KeyError:
             raise KeyError(f"query {text!r} is not in {self.entry}") from None
-        return self._read(s, "query_feats", first, rows)
+        feats = self._read(s, "query_feats", first, rows)
+        if not self.store.compact:
+            return feats, None
+        return feats, self._read(s, "query_scales", first, rows)
 
     def _read(self, segment: int, name: str, first: int, rows: int) -> np.ndarray:
         """Rows [first, first + rows) of a segment's dataset, after checking that the file still holds every
@@ -745,7 +920,70 @@ class Cache:
         return state
 
 
-if __name__ == "__main__":  # python -m r2.cache verify|info cache/x.h5
+# ----------------------------------------------------------------------------------------------- converting
+
+
+@dataclass
+class Converted:
+    videos: int = 0  # videos written by this run
+    queries: int = 0  # query texts written by this run
+    skipped: int = 0  # videos and texts already in DST (a resumed conversion)
+    bytes: int = 0  # feature bytes written by this run (codes and scales)
+    source_bytes: int = 0  # feature bytes the same items take in SRC
+
+    def line(self) -> str:
+        ratio = f" ({self.bytes / self.source_bytes:.3f}x the source's)" if self.source_bytes else ""
+        return (f"videos {self.videos}, query texts {self.queries} converted, {self.skipped} already there | "
+                f"{self.bytes / 1e6:.1f} MB written{ratio}")
+
+
+def convert(src: str | Path, dst: str | Path, store: str) -> Converted:
+    """Write the features of the cache SRC into a new cache DST kept in `store` (fp16, int8, fp8), with SRC's
+    annotations, fingerprint (its dtype changed) and failures. SRC is only read. Every item is committed as it is
+    written, so an interrupted conversion resumes where it stopped when run again; a DST made from another
+    source or store is refused like an extraction with other settings."""
+    src, dst = Path(src), Path(dst)
+    target = get_store(store)
+    if dst.resolve() == src.resolve() or parts_dir(dst).resolve() == parts_dir(src).resolve():
+        raise CacheError(f"{dst}: the destination must be a new cache, not the source {src} (convert never "
+                         f"writes to its source)")
+    reader = Cache(src)
+    if reader.store == target:
+        raise CacheError(f"{src} is already stored as {store}: nothing to convert (copy {src} and "
+                         f"{parts_dir(src)} to duplicate it)")
+    fp, dims = with_store(reader.fingerprint, target), reader.dims
+    check_before_writing(dst, fp, dims, (0, 1))
+    out = Converted()
+    with ShardWriter(dst, shard=(0, 1), fingerprint=fp, dims=dims) as writer:
+        write_entry(dst, dataset=reader.dataset, fingerprint=fp, dims=dims,
+                    annotations={split: reader.records(split) for split in reader.splits})
+        for text in reader.texts:
+            if text in writer.queries:
+                out.skipped += 1
+                continue
+            stored, scales = reader.stored_query(text)
+            out.bytes += writer.add_query(text, dequantize(stored, scales, QUERY_AXES))
+            out.source_bytes += stored.nbytes + (scales.nbytes if scales is not None else 0)
+            out.queries += 1
+        for vid in reader.videos:
+            if vid in writer.videos:
+                out.skipped += 1
+                continue
+            stored, scales = reader.stored_video(vid)
+            duration, fps = reader.video_info(vid)
+            out.bytes += writer.add_video(vid, dequantize(stored, scales, VIDEO_AXES), reader.times(vid), duration, fps)
+            out.source_bytes += stored.nbytes + (scales.nbytes if scales is not None else 0)
+            out.videos += 1
+        failures = parts_dir(src) / "failures.jsonl"
+        for line in failures.read_text(encoding="utf-8").splitlines() if failures.is_file() else []:
+            record = json.loads(line)
+            if not reader.has_video(record.get("vid")):
+                writer.failed({k: v for k, v in record.items() if k != "shard"})
+    reader.close()
+    return out
+
+
+if __name__ == "__main__":  # python -m r2.cache verify|info|convert ...
     from r2.verify import main
 
     sys.exit(main())

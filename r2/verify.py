@@ -4,6 +4,8 @@
                                                          coverage of the annotations; exit 0 complete, 1 valid but
                                                          incomplete (missing or failed videos/queries), 2 broken
     python -m r2.cache info cache/x.h5                   the entry's metadata and a line per segment
+    python -m r2.cache convert SRC DST --store int8      the same features in another store (fp16, int8, fp8):
+                                                         a new cache DST; SRC is only read; re-run to resume
     python extract/merge.py --out cache/x.h5 [--dataset D --annotations ...]
                                                          after a sharded extraction: (re)write the entry when it
                                                          is missing, verify every shard, say what is left to run
@@ -28,7 +30,7 @@ import numpy as np
 
 from r2 import cache, datasets
 
-__all__ = ["Report", "ShardStatus", "verify", "info", "merge", "main"]
+__all__ = ["Report", "ShardStatus", "verify", "info", "merge", "convert", "main"]
 
 SEGMENT_RE = cache.SEGMENT_RE
 TEXT_CONTEXT = 77  # CLIP's text context: a query's SOT..EOT tokens never exceed it
@@ -60,7 +62,8 @@ class Report:
     videos: int = 0  # distinct committed videos
     queries: int = 0  # distinct committed query texts
     frames: int = 0
-    feature_bytes: int = 0  # bytes of the committed float16 features
+    store: str = ""  # fp16, int8 or fp8 (the fingerprint's dtype)
+    feature_bytes: int = 0  # bytes of the committed features as stored (compact stores: codes and scales)
     file_bytes: int = 0  # bytes on disk: entry + segments
     segments: int = 0
     expected_videos: int = 0  # distinct videos in the entry's annotations
@@ -81,7 +84,7 @@ class Report:
         """The human summary `verify` and `merge` print."""
         out = [f"{self.entry}: dataset {self.dataset or '?'} | {self.segments} segments | videos {self.videos}/"
                f"{self.expected_videos} | queries {self.queries}/{self.expected_queries} | frames {self.frames} | "
-               f"features {_size(self.feature_bytes)} | on disk {_size(self.file_bytes)}"
+               f"features {_size(self.feature_bytes)} ({self.store or '?'}) | on disk {_size(self.file_bytes)}"
                + ("" if self.values_checked else " | values not scanned (--no-values)")]
         for s in self.shards:
             if s.complete:
@@ -121,15 +124,18 @@ def _head(items: list[str], k: int = 5) -> str:
 # ----------------------------------------------------------------------------------------------- verify
 
 
-def _expected_layout(dims: dict) -> dict[str, tuple[np.dtype, tuple]]:
-    """dataset name -> (dtype, row shape) that `ShardWriter` creates for these dims."""
+def _expected_layout(dims: dict, store: cache.Store) -> dict[str, tuple[np.dtype, tuple]]:
+    """dataset name -> (dtype, row shape) that `ShardWriter` creates for these dims in this store."""
     k, p, dv, dq = len(dims["layers"]), dims["tokens"], dims["video_dim"], dims["query_dim"]
-    f16, f64, i64, u8 = (np.dtype(t) for t in (cache.FEATURE_DTYPE, np.float64, np.int64, np.uint8))
-    return {
-        "video_feats": (f16, (k, p, dv)), "video_times": (f64, ()), "video_index": (i64, (4,)),
-        "video_info": (f64, (2,)), "video_ids": (u8, ()), "query_feats": (f16, (k, dq)),
+    feats, f16, f64, i64, u8 = (np.dtype(t) for t in (store.storage, np.float16, np.float64, np.int64, np.uint8))
+    layout = {
+        "video_feats": (feats, (k, p, dv)), "video_times": (f64, ()), "video_index": (i64, (4,)),
+        "video_info": (f64, (2,)), "video_ids": (u8, ()), "query_feats": (feats, (k, dq)),
         "query_index": (i64, (4,)), "query_texts": (u8, ()),
     }
+    if store.compact:
+        layout.update(video_scales=(f16, (k, dv)), query_scales=(f16, (k,)))
+    return layout
 
 
 @dataclass
@@ -162,6 +168,28 @@ def _check_ranges(path: Path, what: str, data: str, index: np.ndarray, start: in
     return int((s + n).max())
 
 
+def _finite_rows(block: np.ndarray) -> np.ndarray:
+    """(rows,) True where a row of features holds no NaN/inf; uint8 rows are float8_e4m3fn codes (NaN: S.1111.111)."""
+    flat = block.reshape(len(block), -1)
+    if flat.dtype == np.uint8:
+        return ((flat & 0x7F) != 0x7F).all(axis=1)
+    return np.isfinite(flat).all(axis=1)
+
+
+def _scan_scales(path: Path, f: h5py.File, name: str, ranges: dict[str, tuple[int, int]], what: str,
+                 errors: list[str]):
+    """Every committed scale row must be finite and >= 0 (ranges: item -> (first row, rows))."""
+    if not ranges:
+        return
+    scales = f[name][:max(a + n for a, n in ranges.values())]  # (N, ...) float16
+    flat = scales.reshape(len(scales), -1)
+    ok = np.isfinite(flat).all(axis=1) & (flat >= 0).all(axis=1)  # (N,)
+    bad = [item for item, (a, n) in ranges.items() if not ok[a:a + n].all()]
+    if bad:
+        errors.append(f"{path.name}: {name} of {what} {_head(bad)} are negative or not finite: delete the segment "
+                      f"and re-run its shard")
+
+
 def _scan_values(path: Path, f: h5py.File, name: str, ranges: dict[str, tuple[int, int]], what: str,
                  errors: list[str]):
     """Every committed row of a feature dataset must be finite; names the items holding non-finite values."""
@@ -173,8 +201,8 @@ def _scan_values(path: Path, f: h5py.File, name: str, ranges: dict[str, tuple[in
     step = max(1, SCAN_BYTES // row_bytes)
     bad_rows = []
     for a in range(0, end, step):
-        block = ds[a:min(a + step, end)]  # (rows, ...) float16
-        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)  # (rows,)
+        block = ds[a:min(a + step, end)]  # (rows, ...) in the store's dtype
+        finite = _finite_rows(block)  # (rows,)
         bad_rows.extend((a + np.flatnonzero(~finite)).tolist())
     if bad_rows:
         bad = np.asarray(bad_rows)
@@ -206,8 +234,13 @@ def _check_segment(path: Path, entry_fp: dict, entry_dims: dict, values: bool, r
             return None
         if shard_attr != f"{shard[0]}/{shard[1]}":
             errors.append(f"{path.name}: its shard attribute says {shard_attr!r}, its name {shard[0]}/{shard[1]}")
+        try:
+            store = cache.store_of(fp)
+        except cache.CacheError as e:
+            errors.append(f"{path.name}: {e}")
+            return None
         layout_ok = True
-        for name, (dtype, row) in _expected_layout(dims).items():
+        for name, (dtype, row) in _expected_layout(dims, store).items():
             ds = f.get(name)
             if not isinstance(ds, h5py.Dataset):
                 errors.append(f"{path.name}: dataset {name!r} is missing")
@@ -227,9 +260,14 @@ def _check_segment(path: Path, entry_fp: dict, entry_dims: dict, values: bool, r
             for data, start, length, min_length in pairs:
                 end = _check_ranges(path, what, data, index, start, length, f[data].shape[0], errors, min_length)
                 uncommitted += f[data].shape[0] - end if data.endswith("feats") else 0
-        if f["video_info"].shape[0] < len(vindex):
-            errors.append(f"{path.name}: video_info has {f['video_info'].shape[0]} rows for {len(vindex)} committed "
-                          f"videos: the segment is damaged; delete it and re-run its shard")
+        for name in ("video_info", "video_scales"):
+            if name in f and f[name].shape[0] < len(vindex):
+                errors.append(f"{path.name}: {name} has {f[name].shape[0]} rows for {len(vindex)} committed videos: "
+                              f"the segment is damaged; delete it and re-run its shard")
+        if "query_scales" in f and f["query_scales"].shape[0] < cache.rows_end(qindex):
+            errors.append(f"{path.name}: query_scales has {f['query_scales'].shape[0]} rows for "
+                          f"{cache.rows_end(qindex)} committed query tokens: the segment is damaged; delete it and "
+                          f"re-run its shard")
         if len(errors) > n_err:
             return None
         try:  # a file cut short reads its lost rows back as zeros: its size must cover what its index commits
@@ -265,10 +303,25 @@ def _check_segment(path: Path, entry_fp: dict, entry_dims: dict, values: bool, r
                      for name in ("video_feats", "query_feats")}
         report.feature_bytes += (sum(n for _, n in videos.values()) * row_bytes["video_feats"]
                                  + sum(n for _, n in queries.values()) * row_bytes["query_feats"])
+        if store.compact:
+            report.feature_bytes += (len(vindex) * int(np.prod(f["video_scales"].shape[1:]))
+                                     + cache.rows_end(qindex) * f["query_scales"].shape[1]) * 2
         if values:
             _scan_values(path, f, "video_feats", videos, "videos", errors)
             _scan_values(path, f, "query_feats", queries, "queries", errors)
+            if store.compact:
+                _scan_scales(path, f, "video_scales", {v: (j, 1) for v, j in _first_rows(vid_blob, vindex).items()},
+                             "videos", errors)
+                _scan_scales(path, f, "query_scales", queries, "queries", errors)
     return _Segment(path, shard, videos, queries, extracted_as)
+
+
+def _first_rows(blob: bytes, index: np.ndarray) -> dict[str, int]:
+    """{id or text: the index row of its first occurrence} (the row of its scales)."""
+    rows: dict[str, int] = {}
+    for j, (off, n, _, _) in enumerate(index.tolist()):
+        rows.setdefault(blob[off:off + n].decode("utf-8", errors="replace"), j)
+    return rows
 
 
 def _decode_items(path: Path, what: str, blob: bytes, index: np.ndarray, errors: list[str]) -> dict:
@@ -366,6 +419,10 @@ def verify(entry: str | Path, values: bool = True) -> Report:
         return report
     report.dataset = attrs["dataset"]
     fp, dims = attrs["fingerprint"], attrs["dims"]
+    try:
+        report.store = cache.store_of(fp).name
+    except cache.CacheError as e:
+        report.errors.append(f"{report.entry}: {e}")
     records = _records(report.entry, attrs["splits"], report.errors)
     report.file_bytes = report.entry.stat().st_size
     folder = cache.parts_dir(report.entry)
@@ -451,6 +508,7 @@ def info(entry: str | Path) -> list[str]:
     lines = [f"{entry}: r2 cache format {cache.VERSION}, dataset {attrs['dataset']}",
              "splits: " + ", ".join(f"{s} ({per_split[s]} records)" for s in attrs["splits"]),
              f"annotated: {len({r.vid for r in records})} videos, {len({r.query for r in records})} query texts",
+             f"store: {_store_line(attrs['fingerprint'])}",
              f"dims: {json.dumps(attrs['dims'], sort_keys=True)}", "fingerprint:"]
     lines += [f"  {k}: {json.dumps(v)}" for k, v in sorted(attrs["fingerprint"].items())]
     folder = cache.parts_dir(entry)
@@ -464,6 +522,16 @@ def info(entry: str | Path) -> list[str]:
         lines.append(f"failures.jsonl: {n_failed} videos logged as failed")
     lines += [f"error: {e}" for e in errors]
     return lines
+
+
+def _store_line(fingerprint: dict) -> str:
+    try:
+        store = cache.store_of(fingerprint)
+    except cache.CacheError as e:
+        return f"unknown ({e})"
+    if not store.compact:
+        return "fp16 (float16 features)"
+    return f"{store.name} ({store.dtype} features, {fingerprint.get('scales', 'float16 scales')})"
 
 
 # ----------------------------------------------------------------------------------------------- merge
@@ -518,11 +586,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-values", action="store_true", help="skip reading every feature to check it is finite")
     i = sub.add_parser("info", help="print the cache's metadata")
     i.add_argument("entry", type=Path)
+    c = sub.add_parser("convert", help="write a cache's features into a new cache in another store")
+    c.add_argument("src", type=Path, help="the cache to read (never written)")
+    c.add_argument("dst", type=Path, help="the new cache's entry file, e.g. cache/demo-int8.h5")
+    c.add_argument("--store", required=True, choices=list(cache.STORES),
+                   help="fp16, int8 or fp8 (float8_e4m3fn); int8/fp8 keep per-(layer, channel) float16 scales")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.command == "convert":
+        try:
+            done = cache.convert(args.src, args.dst, args.store)
+        except cache.CacheError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.dst}: {done.line()}")
+        report = verify(args.dst, values=False)
+        print("\n".join(report.lines()))
+        return report.exit_code
     if args.command == "info":
         try:
             lines = info(args.entry)
