@@ -7,6 +7,9 @@ or a torch.save state dict), or "tiny" (a small CLIP with deterministic random w
 The taps are the raw residual stream after chosen 1-based blocks: no ln_post / ln_final, no projection, no pooling.
 OpenAI's `clip/model.py` and `clip/simple_tokenizer.py` are loaded from their files, because the package's
 `__init__` imports torchvision and pkg_resources, which do not work beside this torch.
+
+torch is imported by the functions that need it, not by this module: an extraction re-run with nothing to do
+reads the tiny CLIP's identity (`identity`) and the cache's index and never pays torch's import.
 """
 from __future__ import annotations
 
@@ -25,16 +28,14 @@ from types import ModuleType
 from typing import Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from r2.errors import R2Error
 from r2.fetch import fetch
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "OPENAI_MODELS", "Clip", "ClipArch", "ClipLoadError", "TINY_ARCH", "VIT_B32_ARCH",
-    "encode_frames", "encode_texts", "load_clip", "parse_layers", "tiny_clip_state_dict", "tokenize",
-    "weights_sha256", "write_clip_checkpoint", "write_vit_b32_checkpoint",
+    "CLIP_MEAN", "CLIP_STD", "OPENAI_MODELS", "Clip", "ClipArch", "ClipIdentity", "ClipLoadError", "TINY_ARCH",
+    "TINY_SHA256", "VIT_B32_ARCH", "encode_frames", "encode_texts", "identity", "load_clip", "parse_layers",
+    "tiny_clip_state_dict", "tokenize", "weights_sha256", "write_clip_checkpoint", "write_vit_b32_checkpoint",
 ]
 
 # OpenAI's image normalisation (RGB, applied to pixels scaled to [0, 1]).
@@ -78,8 +79,10 @@ def _load_openai_module(name: str) -> ModuleType:
     return module
 
 
-openai_model = _load_openai_module("model")
-openai_tokenizer = _load_openai_module("simple_tokenizer")
+def __getattr__(name: str) -> ModuleType:  # clip.openai_model / clip.openai_tokenizer, loaded on first use
+    if name in ("openai_model", "openai_tokenizer"):
+        return _load_openai_module(name.removeprefix("openai_"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -123,16 +126,49 @@ class Clip:
     image_size: int     # frames must be (image_size, image_size) RGB
 
 
+@dataclass(frozen=True)
+class ClipIdentity:
+    """What a CLIP contributes to a cache's fingerprint and dims, known without building the model."""
+    name: str
+    sha256: str
+    vision_width: int
+    text_width: int
+    vision_layers: int
+    text_layers: int
+    tokens: int
+    image_size: int
+
+
+# `weights_sha256` of `tiny_clip_state_dict(0)`: the tiny CLIP is defined by its seed, so its checksum is known
+# before it is built (tests/test_compact.py builds it and checks this value).
+TINY_SHA256 = "978d4dad2b4f6a476d91848a8ae831d81f6d90761afd186a10c0c3ff3172e032"
+
+
+def identity(spec: str) -> ClipIdentity | None:
+    """The identity of CLIP `spec` when it is known without loading weights (the tiny CLIP), else None: the
+    weights of a name or a checkpoint must be read (and hashed) to know their checksum."""
+    if spec != "tiny":
+        return None
+    arch = TINY_ARCH
+    return ClipIdentity(name="tiny", sha256=TINY_SHA256, vision_width=arch.vision_width,
+                        text_width=arch.transformer_width, vision_layers=arch.vision_layers,
+                        text_layers=arch.transformer_layers,
+                        tokens=(arch.image_resolution // arch.vision_patch_size) ** 2 + 1,
+                        image_size=arch.image_resolution)
+
+
 # ---------------------------------------------------------------------------------------------------- tokenizer
 
 @lru_cache(maxsize=1)
 def _tokenizer():
-    return openai_tokenizer.SimpleTokenizer()
+    return _load_openai_module("simple_tokenizer").SimpleTokenizer()
 
 
 def tokenize(texts: str | Sequence[str], context_length: int = 77) -> torch.Tensor:
     """CLIP token ids, (N, context_length) int64: SOT, BPE ids, EOT, zero padding; equal to
     `clip.tokenize(texts, context_length, truncate=True)`: a text too long keeps its first ids and ends in EOT."""
+    import torch
+
     if isinstance(texts, str):
         texts = [texts]
     tokenizer = _tokenizer()
@@ -168,8 +204,11 @@ def _init_std(key: str, shape: torch.Size, arch: ClipArch) -> float:
 
 def _random_state_dict(arch: ClipArch, seed: int) -> dict[str, torch.Tensor]:
     """fp32 weights for OpenAI's CLIP with `arch`, drawn from a local generator (the global RNG is untouched)."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):  # the template's own random init is discarded: keys and shapes only
-        shapes = {key: value.shape for key, value in openai_model.CLIP(**asdict(arch)).state_dict().items()}
+        shapes = {key: value.shape for key, value in
+                  _load_openai_module("model").CLIP(**asdict(arch)).state_dict().items()}
     generator = torch.Generator().manual_seed(seed)
     state_dict = {}
     for key in sorted(shapes):
@@ -190,13 +229,17 @@ def tiny_clip_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def _build_model(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """OpenAI's build_model (fp16 as OpenAI ships); its throwaway random init runs on a forked global RNG."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
-        return openai_model.build_model(dict(state_dict))  # build_model deletes keys: give it a copy
+        return _load_openai_module("model").build_model(dict(state_dict))  # build_model deletes keys: give it a copy
 
 
 def write_clip_checkpoint(state_dict: dict[str, torch.Tensor], path: str | Path, torchscript: bool = True) -> Path:
     """Write CLIP weights in OpenAI's shipped form (fp16, as build_model converts them): a TorchScript archive traced
     on a dummy image + text (like the downloaded ViT-B-32.pt), or with `torchscript=False` a torch.save state dict."""
+    import torch
+
     path = Path(path)
     model = _build_model(state_dict)
     if torchscript:
@@ -219,6 +262,8 @@ def write_vit_b32_checkpoint(path: str | Path, seed: int = 0, torchscript: bool 
 
 def weights_sha256(model: nn.Module) -> str:
     """SHA-256 over the state dict in sorted key order: each key, its shape and its values as fp32 bytes."""
+    import torch
+
     digest = hashlib.sha256()
     state_dict = model.state_dict()
     for key in sorted(state_dict):
@@ -252,6 +297,8 @@ def _is_torchscript(path: Path) -> bool:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The CLIP state dict in a TorchScript archive or a torch.save file (a bare dict or {"state_dict": ...})."""
+    import torch
+
     if not path.is_file():
         raise ClipLoadError(f"CLIP checkpoint {path} not found: use an OpenAI name ({', '.join(OPENAI_MODELS)}), "
                             f"or {_WHAT_TO_PASS}")
@@ -328,6 +375,8 @@ def _check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
 
 
 def _autocast(bf16: bool, device: torch.device):
+    import torch
+
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
@@ -336,6 +385,8 @@ def _run_blocks(blocks: nn.Sequential, x: torch.Tensor, layers: list[int], causa
 
     `causal` runs CLIP's text blocks over the first N positions only: their mask is built for the full context, so
     the block's two residual branches are applied here with a causal boolean mask of size N (True = masked)."""
+    import torch
+
     mask = torch.ones(len(x), len(x), dtype=torch.bool, device=x.device).triu(1) if causal else None  # (N, N)
     taps = []
     for number, block in enumerate(blocks[:layers[-1]], start=1):
@@ -360,6 +411,8 @@ def encode_frames(clip: Clip, frames: np.ndarray | torch.Tensor, layers: Sequenc
                   bf16: bool = False) -> torch.Tensor:
     """Visual taps: uint8 RGB frames (T, S, S, 3) at S = clip.image_size -> float32 (T, K, P+1, Dv), the residual
     stream after each 1-based block in `layers` (ascending), [CLS] at token 0."""
+    import torch
+
     layers = _check_layers(layers, clip.vision_layers)
     _check_batch_size(batch_size)
     side = clip.image_size
@@ -395,6 +448,8 @@ def encode_texts(clip: Clip, texts: Sequence[str], layers: Sequence[int], batch_
     L_i is the EOT position + 1: the count of non-zero ids would be one short whenever BPE id 0 ("!") occurs
     inside a query (e.g. "wow!😀"). Texts run in batches of similar length, each cut to its longest text: under the
     causal mask a position never sees later ones, so the padding beyond it changes nothing."""
+    import torch
+
     layers = _check_layers(layers, clip.text_layers)
     _check_batch_size(batch_size)
     model = clip.model

@@ -1,4 +1,9 @@
-"""Stage 1: decode videos, run frozen CLIP once, write the tapped layers to the feature cache (`r2.cache`)."""
+"""Stage 1: decode videos, run frozen CLIP once, write the tapped layers to the feature cache (`r2.cache`).
+
+torch and the CLIP model are loaded only when there is something to extract: a re-run over a finished cache reads
+the annotations and the cache's index, checks the fingerprint, and returns (for the tiny CLIP, whose checksum is
+known without building it, without importing torch at all).
+"""
 from __future__ import annotations
 
 import json
@@ -11,7 +16,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from r2 import cache, clip, datasets, video
@@ -37,6 +41,10 @@ class ExtractConfig:
     bf16: bool = False  # CLIP under bfloat16 autocast (faster only with bf16 units; changes the fingerprint)
     demo_videos: int = DEFAULT_VIDEOS  # size of the generated demo dataset
     progress: bool = True
+    store: str = field(default="fp16", metadata={"help": "how features are stored: fp16 (default), int8 or fp8 "
+                                                         "(float8_e4m3fn) with per-(layer, channel) float16 scales "
+                                                         "per video and per query, about 0.5x the fp16 bytes; "
+                                                         "changes the fingerprint, so it needs its own cache"})
 
     def __post_init__(self):
         """Every numeric and enumerated field is checked when the config is built, so a bad flag is a one-line
@@ -52,7 +60,9 @@ class ExtractConfig:
         i, n = self.shard
         if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
             raise ExtractConfigError(f"--shard {i}/{n}: need whole numbers with 0 <= I < N, e.g. 0/4")
-        self.device = _check_device(self.device)
+        _check_device_name(self.device)
+        if self.store not in cache.STORES:
+            raise ExtractConfigError(f"--store {self.store!r}: one of {', '.join(cache.STORES)}")
 
 
 class ExtractConfigError(R2Error, ValueError):
@@ -64,13 +74,23 @@ def _check_count(flag: str, value) -> None:
         raise ExtractConfigError(f"{flag} {value!r}: must be a whole number >= 1")
 
 
-def _check_device(device: str) -> str:
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(?::(\d+))?")
+
+
+def _check_device_name(device: str) -> None:
+    """The spelling of --device, checked without torch (which GPUs exist is checked when CLIP is loaded)."""
+    if _DEVICE_RE.fullmatch(str(device)) is None:
+        raise ExtractConfigError(f"--device {device!r}: one of auto, cpu, cuda, cuda:N")
+
+
+def resolve_device(device: str) -> str:
     """'auto' becomes a GPU when there is one, else the CPU; 'cuda' / 'cuda:N' must name a visible GPU."""
+    import torch
+
+    _check_device_name(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", str(device))
-    if match is None:
-        raise ExtractConfigError(f"--device {device!r}: one of auto, cpu, cuda, cuda:N")
+    match = _DEVICE_RE.fullmatch(device)
     if device != "cpu":
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if int(match[1] or 0) >= visible:
@@ -102,7 +122,8 @@ def ffmpeg_version() -> str:
     return out.splitlines()[0]
 
 
-def fingerprint(model: clip.Clip, layers: list[int], fps: float | str, bf16: bool) -> dict:
+def fingerprint(model: clip.Clip | clip.ClipIdentity, layers: list[int], fps: float | str, bf16: bool,
+                store: str = "fp16") -> dict:
     """Everything that changes the cached features; a checkpoint trained on a cache carries it."""
     return {
         "clip": model.name,
@@ -115,7 +136,7 @@ def fingerprint(model: clip.Clip, layers: list[int], fps: float | str, bf16: boo
         "mean": list(clip.CLIP_MEAN),
         "std": list(clip.CLIP_STD),
         "precision": "bf16-autocast" if bf16 else "fp32",
-        "dtype": "float16",
+        **cache.get_store(store).fields(),  # fp16: {"dtype": "float16"}, as every cache before compact stores
         "ffmpeg": ffmpeg_version(),
         "ffmpeg_python": version("ffmpeg-python"),
     }
@@ -155,8 +176,10 @@ def extract(cfg: ExtractConfig) -> Summary:
     Every check (settings, annotations, the cache's fingerprint and shard count) passes before anything is
     written to the cache."""
     start = time.time()
-    model = clip.load_clip(cfg.clip, cfg.device)  # first: a missing checkpoint fails before any other work
-    layers = clip.parse_layers(cfg.layers, model.vision_layers)
+    ident = clip.identity(cfg.clip)  # the tiny CLIP: known without building it
+    model = _load_model(cfg, ident) if ident is None else None  # first: a missing checkpoint fails before other work
+    ident = ident or model
+    layers = clip.parse_layers(cfg.layers, ident.vision_layers)
     splits = load_annotations(cfg)
     records = [r for rs in splits.values() for r in rs]
     folder = videos_dir(cfg)
@@ -169,16 +192,18 @@ def extract(cfg: ExtractConfig) -> Summary:
     texts = cache.shard_items({r.query for r in records}, cfg.shard)
 
     rates = sorted(set(fps_of.values()))
-    fp = fingerprint(model, layers, rates[0] if len(rates) == 1 else "per-video", cfg.bf16)
-    dims = {"video_dim": model.vision_width, "query_dim": model.text_width, "tokens": model.tokens,
+    fp = fingerprint(ident, layers, rates[0] if len(rates) == 1 else "per-video", cfg.bf16, cfg.store)
+    dims = {"video_dim": ident.vision_width, "query_dim": ident.text_width, "tokens": ident.tokens,
             "layers": layers}
     cache.check_before_writing(cfg.out, fp, dims, cfg.shard)
+    if model is None and _pending(cfg, vids, texts):  # work to do: the device is checked before anything is written
+        model = _load_model(cfg, ident)
     summary = Summary()
     try:
         with cache.ShardWriter(cfg.out, shard=cfg.shard, fingerprint=fp, dims=dims) as writer:
             cache.write_entry(cfg.out, dataset=cfg.dataset, fingerprint=fp, dims=dims,
                               annotations={split: [r.to_json() for r in rs] for split, rs in splits.items()})
-            job = _Job(cfg, model, layers, writer, fps_of, durations, folder, summary)
+            job = _Job(cfg, model, ident, layers, writer, fps_of, durations, folder, summary)
             job.texts(texts, [r.query for r in records])
             job.videos(vids)
     except OSError as e:  # the entry, the lock or failures.jsonl could not be written
@@ -189,11 +214,29 @@ def extract(cfg: ExtractConfig) -> Summary:
     return summary
 
 
+def _load_model(cfg: ExtractConfig, ident: clip.ClipIdentity | None) -> clip.Clip:
+    """Load CLIP on the resolved device; a model whose checksum is not the identity it was fingerprinted with
+    (the tiny CLIP drawn differently by another torch) is refused rather than mixed into the cache."""
+    model = clip.load_clip(cfg.clip, resolve_device(cfg.device))
+    if ident is not None and model.sha256 != ident.sha256:
+        raise clip.ClipLoadError(f"CLIP {cfg.clip!r} built with weight checksum {model.sha256}, not the "
+                                 f"{ident.sha256} its fingerprint names (r2.clip.TINY_SHA256): this torch draws "
+                                 f"other random weights; update TINY_SHA256 and extract into a new cache")
+    return model
+
+
+def _pending(cfg: ExtractConfig, vids: list[str], texts: list[str]) -> bool:
+    """Whether this shard still lacks any of `vids` or `texts` (read from its segments' committed index rows)."""
+    done_videos, done_texts = cache.committed(cfg.out, cfg.shard)
+    return not (done_videos.issuperset(vids) and done_texts.issuperset(texts))
+
+
 @dataclass
 class _Job:
     """One shard's extraction: query texts, then videos, each appended to the shard's segment as it is done."""
     cfg: ExtractConfig
-    model: clip.Clip
+    model: clip.Clip | None  # None until something needs encoding (`clip()` loads it)
+    ident: clip.ClipIdentity | clip.Clip  # the CLIP the fingerprint names
     layers: list[int]
     writer: cache.ShardWriter
     fps_of: dict[str, float]  # vid -> sampling rate
@@ -201,27 +244,35 @@ class _Job:
     folder: Path  # the videos folder
     summary: Summary
 
+    def encoder(self) -> clip.Clip:
+        if self.model is None:  # the index changed since `_pending` read it (another run's segment appeared)
+            self.model = _load_model(self.cfg, self.ident if isinstance(self.ident, clip.ClipIdentity) else None)
+        return self.model
+
     def texts(self, texts: list[str], queries: list[str]):
         """Encode this shard's `texts` not yet in the cache; `queries` (one text per record) is what they count for."""
         todo = [t for t in texts if t not in self.writer.queries]
         for chunk in range(0, len(todo), 1024):
             batch = todo[chunk:chunk + 1024]
-            for text, feats in zip(batch, clip.encode_texts(self.model, batch, self.layers, bf16=self.cfg.bf16)):
-                self.writer.add_query(text, feats.cpu().numpy())
-                self.summary.bytes += feats.numel() * 2
+            for text, feats in zip(batch, clip.encode_texts(self.encoder(), batch, self.layers, bf16=self.cfg.bf16)):
+                self.summary.bytes += self.writer.add_query(text, feats.cpu().numpy())
         self.summary.texts = len(todo)
         done = set(todo)
         self.summary.queries = sum(q in done for q in queries)
 
     def _decode(self, vid: str) -> video.Frames:
         path = datasets.video_file(self.cfg.dataset, vid, self.folder)
-        return video.decode(path, self.fps_of[vid], size=self.model.image_size)
+        return video.decode(path, self.fps_of[vid], size=self.ident.image_size)
 
     def videos(self, vids: list[str]):
         todo = [v for v in vids if v not in self.writer.videos]
         self.summary.skipped = len(vids) - len(todo)
-        if todo:
-            tqdm.write(self._estimate(todo))
+        if not todo:
+            return
+        import torch
+
+        self.encoder()
+        tqdm.write(self._estimate(todo))
         bar = tqdm(total=len(todo), unit="video", disable=not self.cfg.progress,
                    desc=f"extract {Path(self.cfg.out).stem}")
         with torch.inference_mode():
@@ -235,6 +286,8 @@ class _Job:
     def _estimate(self, todo: list[str]) -> str:
         """'≈ 7 min on this machine: 1,200 frames at 2.9 frames/s', from the annotated durations and one timed
         CLIP batch of 8 frames (after a warm-up one); decoding runs alongside and is not counted."""
+        import torch
+
         frames = sum(max(1, round(max(self.durations[v]) * self.fps_of[v])) for v in todo)
         side = self.model.image_size
         probe = np.zeros((min(self.cfg.batch_size, 8), side, side, 3), np.uint8)
@@ -252,6 +305,8 @@ class _Job:
         """Encode and append one decoded video. Anything wrong with this video alone (a decode error, a missing
         file, an OSError such as a name too long for the file system) is its failure, logged in failures.jsonl;
         a failed cache write (CacheWriteError) stops the shard."""
+        import torch
+
         try:
             if isinstance(result, Exception):
                 raise result
@@ -265,10 +320,9 @@ class _Job:
             tqdm.write(f"skipped {vid!r}: {reason}")
             return
         self._check_duration(vid, result)
-        self.writer.add_video(vid, feats, result.times, result.duration, result.fps)
+        self.summary.bytes += self.writer.add_video(vid, feats, result.times, result.duration, result.fps)
         self.summary.done += 1
         self.summary.frames += len(feats)
-        self.summary.bytes += feats.nbytes
 
     def _check_duration(self, vid: str, frames: video.Frames):
         problems = [m for d in sorted(self.durations[vid])
