@@ -833,6 +833,10 @@ class Cache:
     def num_frames(self, vid: str) -> int:
         return self._videos[vid][2]
 
+    def num_tokens(self, text: str) -> int:
+        """L: the SOT..EOT tokens stored for a query text."""
+        return self._queries[text][2]
+
     def video_info(self, vid: str) -> tuple[float, float]:
         """(duration seconds, sampling fps) of a cached video."""
         return self._videos[vid][3:]

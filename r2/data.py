@@ -331,7 +331,7 @@ class DeviceFeatures:
         store = cache.store
         code_bytes = np.dtype(store.storage).itemsize
         frames = sum(cache.num_frames(v) for v in vids)
-        tokens = sum(int(source.stored_query(t)[0].shape[0]) for t in texts)
+        tokens = sum(cache.num_tokens(t) for t in texts)
         sal_rows = sum(cache.num_frames(r.vid) for r in records)
         needed = ((frames + 1) * k * p * dv + (tokens + 1) * k * dq) * code_bytes + (sal_rows + 1) * 4
         if store.compact:
@@ -411,7 +411,10 @@ class DeviceFeatures:
     def batch(self, indices: list[int]) -> dict:
         """The batch of dataset items `indices`, on the device, in the stored format (pass it to `to_device`)."""
         ds = self.dataset
-        pick = lambda values: [values[i] for i in indices]  # noqa: E731
+
+        def pick(values: list) -> list:
+            return [values[i] for i in indices]
+
         frame_rows, video_mask = self._rows(pick(self._video_first), pick(self._n_frames), len(self.video) - 1)
         token_rows, query_mask = self._rows(pick(self._query_first), pick(self._n_tokens), len(self.query) - 1)
         sal_rows, _ = self._rows(pick(self._saliency_first), pick(self._n_frames), len(self.saliency) - 1)
