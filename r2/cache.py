@@ -790,7 +790,10 @@ class Cache:
         self.fingerprint: dict = attrs["fingerprint"]
         self.dims: dict = attrs["dims"]
         self.splits: list[str] = attrs["splits"]
-        self.store: Store = store_of(self.fingerprint)
+        try:
+            self.store: Store = store_of(self.fingerprint)
+        except CacheError as e:
+            raise CacheError(f"{self.entry}: {e}; a newer r2 wrote it?") from None
         self.segments: list[Path] = sorted(parts_dir(self.entry).glob("shard-*.h5"))
         self._videos: dict[str, tuple[int, int, int, float, float]] = {}  # vid -> (segment, first, rows, dur, fps)
         self._queries: dict[str, tuple[int, int, int]] = {}  # text -> (segment, first, rows)

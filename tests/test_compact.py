@@ -229,8 +229,10 @@ def test_a_compact_store_is_refused_in_a_cache_of_another(tmp_path):
         cache.check_before_writing(src, int8_fp, DIMS, (0, 1))
     with pytest.raises(CacheError, match="other settings"):
         ShardWriter(src, shard=(0, 1), fingerprint=int8_fp, dims=DIMS)
-    with pytest.raises(CacheError, match="not a store this r2 reads"):
-        cache.store_of({"dtype": "bfloat16"})
+    odd = tmp_path / "odd.h5"
+    write_entry(odd, dataset="custom", fingerprint={**FP, "dtype": "bfloat16"}, dims=DIMS, annotations={"train": []})
+    with pytest.raises(CacheError, match=r"odd\.h5: fingerprint dtype 'bfloat16': not a store this r2 reads"):
+        Cache(odd)
     assert cache.store_of({}) is STORES["fp16"]  # caches from before compact stores
 
 
