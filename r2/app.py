@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from r2 import cli
 from r2.errors import R2Error
 
 __all__ = ["AppError", "answer", "build_app", "get_args_parser", "main", "parse_queries"]
@@ -72,7 +73,7 @@ def build_app(predictor, top: int = 5, folder: str | Path | None = None):
     def respond(video, queries_text, shown_top):
         try:
             return answer(predictor, video, queries_text, shown_top, folder)
-        except (R2Error, ValueError) as err:
+        except R2Error as err:
             raise gr.Error(str(err)) from None
 
     with gr.Blocks(title="r2: moments and highlights") as app:
@@ -105,17 +106,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.command
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        _gradio()  # before the checkpoint loads: a missing extra is said at once
-        from r2.predict import Predictor
+    _gradio()  # before the checkpoint loads: a missing extra is said at once
+    from r2.predict import Predictor
 
-        predictor = Predictor(args.checkpoint, clip=args.clip, device=args.device, dataset=args.dataset)
-        app = build_app(predictor, args.top)
-    except (R2Error, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    predictor = Predictor(args.checkpoint, clip=args.clip, device=args.device, dataset=args.dataset)
+    app = build_app(predictor, args.top)
     app.launch(server_name=args.host, server_port=args.port)
     return 0
 

@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from r2 import checkpoint
-from r2.errors import R2Error
+from r2 import checkpoint, cli
+from r2.errors import ConfigError
 
 __all__ = ["convert", "get_args_parser", "main"]
 
@@ -32,7 +32,7 @@ def convert(src: str | Path, out: str | Path, to_official: bool = False, dataset
             obj["config"] = {**obj["config"], "domain": domain}
     out = Path(out)
     if out.resolve() == Path(src).resolve():
-        raise R2Error(f"--out {out} is the input file: write the converted checkpoint elsewhere")
+        raise ConfigError(f"--out {out} is the input file: write the converted checkpoint elsewhere")
     checkpoint.save(obj, out)
     return out
 
@@ -48,13 +48,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        out = convert(args.checkpoint, args.out, args.to_official, args.dataset, args.domain)
-    except R2Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = convert(args.checkpoint, args.out, args.to_official, args.dataset, args.domain)
     print(f"wrote {out}")
     return 0
 

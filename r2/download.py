@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from r2 import cli
 from r2.errors import R2Error
 from r2.fetch import fetch
 
@@ -128,16 +129,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.command
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     root = args.root or (Path(os.environ["R2_DATA"]) if os.environ.get("R2_DATA") else None)
-    try:
-        if root is None:
-            raise DownloadError("no annotation root: pass --root DIR (or set env R2_DATA)")
-        _, errors = download(args.names, root, args.mirror)
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if root is None:
+        raise DownloadError("no annotation root: pass --root DIR (or set env R2_DATA)")
+    _, errors = download(args.names, root, args.mirror)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     if not errors:

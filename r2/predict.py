@@ -51,14 +51,15 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from r2 import clip, video
+from r2 import cli, clip, video
 from r2.decode import DecodeConfig, decode, finish_windows
-from r2.errors import R2Error, one_line_warning
+from r2.errors import AnnotationError, ConfigError, R2Error
 from r2.fetch import file_sha256
 from r2.model import R2Model
 from r2.recipes import recipe
 from r2.checkpoint import build_model, load_checkpoint
-from r2.train import pick_device, pick_precision, saved_config
+from r2.runtime import pick_device, pick_precision
+from r2.train import saved_config
 from r2.train import decode_config as train_decode_config
 
 __all__ = [
@@ -181,10 +182,10 @@ def read_ground_truth(path: str | Path, vid: str) -> dict[str, list[list[float]]
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                raise AnnotationError(f"{path}:{number}: not valid JSON ({err.msg})") from None
             missing = [k for k in ("vid", "query", "relevant_windows") if k not in record]
             if missing:
-                raise ValueError(f"{path}:{number}: field {missing[0]!r} missing (QVHighlights format: vid, query, "
+                raise AnnotationError(f"{path}:{number}: field {missing[0]!r} missing (QVHighlights format: vid, query, "
                                  f"relevant_windows)")
             if record["vid"] == vid:
                 found.setdefault(record["query"], []).extend([float(s), float(e)] for s, e in
@@ -435,7 +436,7 @@ class Predictor:
         else:
             self.window_frames, self.window_source = trained_frames(ckpt)
         if self.window_frames < 1:
-            raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
+            raise PredictError(f"--window {self.window_frames}: must be >= 1 frame")
         self.stride_frames = max(1, self.window_frames // 2)
         if feature_cache == "auto":
             feature_cache = FeatureCache.default_folder()
@@ -483,7 +484,7 @@ class Predictor:
     def encode_queries(self, queries: Sequence[str]) -> list[torch.Tensor]:
         """float16 (L_i, K, Dq) per query, rounded as the cache stores query features."""
         if not queries:
-            raise ValueError("no query: pass at least one query text (--query TEXT)")
+            raise PredictError("no query: pass at least one query text (--query TEXT)")
         return [q.to(torch.float16) for q in clip.encode_texts(self.clip, list(queries), self.layers, bf16=self.bf16)]
 
     def features(self, path: str | Path) -> tuple[np.ndarray, float, bool]:
@@ -717,18 +718,18 @@ def _write_outputs(args: argparse.Namespace, pred: Prediction, record: dict, tru
 
 def _check_args(args: argparse.Namespace, videos: list[Path]):
     if args.top < 0:
-        raise ValueError(f"--top {args.top}: must be >= 0 (0 shows no moments)")
+        raise ConfigError(f"--top {args.top}: must be >= 0 (0 shows no moments)")
     if args.reel_seconds <= 0:
-        raise ValueError(f"--reel-seconds {args.reel_seconds:g}: must be > 0")
+        raise ConfigError(f"--reel-seconds {args.reel_seconds:g}: must be > 0")
     if args.vid and len(videos) > 1:
-        raise ValueError(f"--vid names one video, but --video gives {len(videos)}: each video's id in --annotations "
-                         f"is then its file name without extension")
+        raise ConfigError(f"--vid names one video, but --video gives {len(videos)}: each video's id in --annotations "
+                          f"is then its file name without extension")
     if args.embed_video and not args.html:
-        raise ValueError("--embed-video is for the page: add --html")
+        raise ConfigError("--embed-video is for the page: add --html")
     if args.annotations and not args.annotations.is_file():
-        raise ValueError(f"--annotations {args.annotations}: file not found")
+        raise ConfigError(f"--annotations {args.annotations}: file not found")
     if any(not q.strip() for q in args.query):
-        raise ValueError("--query '': a query needs some text")
+        raise ConfigError("--query '': a query needs some text")
 
 
 def _predict_one(args: argparse.Namespace, predictor: Predictor, path: Path, taken: set[str]) -> list[Path]:
@@ -736,7 +737,7 @@ def _predict_one(args: argparse.Namespace, predictor: Predictor, path: Path, tak
     truth = read_ground_truth(args.annotations, vid) if args.annotations else {}
     queries = args.query or list(truth)
     if not queries:
-        raise ValueError(f"{path}: no query: pass --query TEXT (or --annotations with records of this video: none "
+        raise PredictError(f"{path}: no query: pass --query TEXT (or --annotations with records of this video: none "
                          f"has vid {vid!r})")
     pred = predictor.predict(path, queries)
     stem = output_stem(args.out, path, taken)
@@ -748,30 +749,20 @@ def _predict_one(args: argparse.Namespace, predictor: Predictor, path: Path, tak
     return written
 
 
+@cli.command
 def main(args: argparse.Namespace) -> int:
     """Exit code: 0 every video predicted; 1 some failed (each named on one line); 2 none (or a bad argument).
     Warnings are printed as one "warning: ..." line each."""
-    with warnings.catch_warnings():
-        warnings.showwarning = one_line_warning
-        return _main(args)
-
-
-def _main(args: argparse.Namespace) -> int:
-    try:
-        videos = video_files(args.video)
-        _check_args(args, videos)
-        predictor = Predictor(args.checkpoint, clip=args.clip, fps=args.fps, device=args.device, dataset=args.dataset,
-                              window_frames=args.window,
-                              feature_cache=None if args.no_feature_cache else args.feature_cache)
-    except (R2Error, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    videos = video_files(args.video)
+    _check_args(args, videos)
+    predictor = Predictor(args.checkpoint, clip=args.clip, fps=args.fps, device=args.device, dataset=args.dataset,
+                          window_frames=args.window, feature_cache=None if args.no_feature_cache else args.feature_cache)
     taken: set[str] = set()
     failed = 0
     for path in videos:
         try:
             written = _predict_one(args, predictor, path, taken)
-        except (R2Error, ValueError, OSError) as err:  # OSError: an output that cannot be written
+        except (R2Error, OSError) as err:  # OSError: an output that cannot be written
             print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
@@ -781,5 +772,10 @@ def _main(args: argparse.Namespace) -> int:
     return 0 if not failed else 1 if failed < len(videos) else 2
 
 
+def run() -> int:
+    """The `r2-predict` console script."""
+    return main(get_args_parser().parse_args())
+
+
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from r2.errors import ConfigError
 
-__all__ = ["DATASETS", "DatasetInfo", "Recipe", "Schedule", "recipe", "TVSUM_DOMAINS", "YOUTUBE_DOMAINS"]
+__all__ = ["DATASETS", "DatasetInfo", "Recipe", "Schedule", "by_dataset", "recipe", "TVSUM_DOMAINS", "YOUTUBE_DOMAINS"]
 
 
 @dataclass(frozen=True)
@@ -169,3 +169,22 @@ def recipe(name: str) -> Recipe:
     if found is None:
         raise ConfigError(f"dataset {name!r} not supported; available datasets = {', '.join(DATASETS)}")
     return found
+
+
+def _shown(v) -> str:
+    """A recipe value as a help text writes it: None -> none, 0.0005 -> 5e-4, 0.35 -> 0.35."""
+    if v is None:
+        return "none"
+    if isinstance(v, float) and v and abs(v) < 0.01:
+        mantissa, exponent = f"{v:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def by_dataset(value) -> str:
+    """Each distinct `value(recipe)` with the datasets that have it, for help texts:
+    by_dataset(lambda r: r.schedule.batch_size) -> '128 qvhighlights; 32 charades, tacos, ego4d; 4 youtube, ...'."""
+    groups: dict[str, list[str]] = {}
+    for name in DATASETS:
+        groups.setdefault(_shown(value(_BY_NAME[name])), []).append(name)
+    return "; ".join(f"{v} {', '.join(names)}" for v, names in groups.items())

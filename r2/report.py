@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import cli
 from .errors import R2Error
 from .recipes import DATASETS, recipe
 
@@ -262,16 +263,10 @@ def main(args) -> pd.DataFrame:
     return table
 
 
-def _cli() -> int:
-    try:
-        main(get_args_parser().parse_args())
-    except R2Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # the reader (| head) closed the pipe: the files are written, stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    return 0
+@cli.command
+def _cli() -> None:
+    """The `r2-report` console script and `python -m r2.report`."""
+    main(get_args_parser().parse_args())
 
 
 if __name__ == "__main__":

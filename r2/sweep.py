@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 import traceback
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from r2 import metrics
+from r2 import cli, metrics
 from r2.cache import Cache
 from r2.data import Preloaded
+from r2.errors import ConfigError
 from r2.train import TrainConfig, Trainer
 
 __all__ = ["SweepConfig", "SweepResult", "Trial", "bench_per_trial", "field_type", "make_trials", "parse_grid",
@@ -52,14 +52,19 @@ PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets 
 
 @dataclass
 class SweepConfig:
-    cache: str  # the cache entry file every trial trains on
+    cache: str = field(metadata={"help": "the cache entry file every trial trains on", "metavar": "FILE"})
     grid: dict[str, list] = field(default_factory=dict)  # TrainConfig field -> values (typed), in flag order
     fixed: dict = field(default_factory=dict)  # TrainConfig overrides shared by every trial
-    samples: int | None = None  # run this many combinations drawn at random (None: all of them)
-    sample_seed: int = 0  # seed of that draw
-    trials_parallel: int = 1  # trials running at once (forked processes sharing the preloaded features)
-    preload: bool = True  # read every feature of the cache into memory once (False: trials share the open file)
-    out: str | None = None  # sweep folder (default runs/sweep-<cache name>-<time>)
+    samples: int | None = field(default=None, metadata={
+        "help": "run this many combinations drawn at random", "default": "all of them", "metavar": "N"})
+    sample_seed: int = field(default=0, metadata={"help": "seed of the --samples draw", "metavar": "N"})
+    trials_parallel: int = field(default=1, metadata={
+        "help": "trials run at once (forked processes sharing the preloaded features), each with its share of the "
+                "torch threads", "metavar": "N"})
+    preload: bool = field(default=True, metadata={
+        "help": "read the cache's features into memory once for all trials (--no-preload: trials share the file)"})
+    out: str | None = field(default=None, metadata={
+        "help": "the sweep folder", "default": "runs/sweep-<cache name>-<time>", "metavar": "DIR"})
 
 
 @dataclass
@@ -81,14 +86,10 @@ class SweepResult:
 
 def field_type(name: str) -> type:
     """The scalar type of a TrainConfig field (`int | None` -> int); unknown names raise listing the fields."""
-    hints = typing.get_type_hints(TrainConfig)
-    if name not in hints or name in RESERVED:
+    if name not in typing.get_type_hints(TrainConfig) or name in RESERVED:
         allowed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESERVED]
-        raise ValueError(f"--grid {name}: not a TrainConfig field a trial can vary; one of {', '.join(allowed)}")
-    hint = hints[name]
-    if isinstance(hint, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+        raise ConfigError(f"--grid {name}: not a TrainConfig field a trial can vary; one of {', '.join(allowed)}")
+    return cli.field_type(TrainConfig, name)
 
 
 def parse_value(name: str, text: str):
@@ -100,11 +101,11 @@ def parse_value(name: str, text: str):
             return True
         if lowered in ("false", "no", "0"):
             return False
-        raise ValueError(f"--grid {name}={text}: {text!r} is not a boolean (true/false)")
+        raise ConfigError(f"--grid {name}={text}: {text!r} is not a boolean (true/false)")
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"--grid {name}={text}: {text!r} is not a valid {kind.__name__}") from None
+        raise ConfigError(f"--grid {name}={text}: {text!r} is not a valid {kind.__name__}") from None
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[tuple[str, object]]]:
@@ -116,15 +117,15 @@ def parse_grid(specs: list[str]) -> dict[str, list[tuple[str, object]]]:
         key, sep, values = spec.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ValueError(f"--grid {spec!r}: expected KEY=V1,V2,... e.g. --grid lr=1e-4,2.5e-4")
+            raise ConfigError(f"--grid {spec!r}: expected KEY=V1,V2,... e.g. --grid lr=1e-4,2.5e-4")
         if key in grid:
-            raise ValueError(f"--grid {key}: given twice; put all its values in one --grid {key}=V1,V2,...")
+            raise ConfigError(f"--grid {key}: given twice; put all its values in one --grid {key}=V1,V2,...")
         texts = [v.strip() for v in values.split(",")]
         if any(not t for t in texts):
-            raise ValueError(f"--grid {spec!r}: empty value; expected KEY=V1,V2,...")
+            raise ConfigError(f"--grid {spec!r}: empty value; expected KEY=V1,V2,...")
         parsed = [(t, parse_value(key, t)) for t in texts]
         if len({v for _, v in parsed}) != len(parsed):
-            raise ValueError(f"--grid {spec!r}: a value appears twice")
+            raise ConfigError(f"--grid {spec!r}: a value appears twice")
         grid[key] = parsed
     return grid
 
@@ -141,7 +142,7 @@ def make_trials(grid: dict[str, list[tuple[str, object]]], out: Path, samples: i
     combos = list(itertools.product(*(grid[k] for k in keys)))
     if samples is not None:
         if not 1 <= samples <= len(combos):
-            raise ValueError(f"--samples {samples}: the grid has {len(combos)} combinations; pick 1..{len(combos)}")
+            raise ConfigError(f"--samples {samples}: the grid has {len(combos)} combinations; pick 1..{len(combos)}")
         picked = sorted(random.Random(sample_seed).sample(range(len(combos)), samples))
         combos = [combos[i] for i in picked]
     width = len(str(len(combos) - 1))
@@ -297,22 +298,22 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
 
 def _check(cfg: SweepConfig):
     if not cfg.grid:
-        raise ValueError("sweep: empty grid; give at least one --grid KEY=V1,V2,...")
+        raise ConfigError("sweep: empty grid; give at least one --grid KEY=V1,V2,...")
     for key in cfg.grid:
         field_type(key)
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(RESERVED)
     unknown = sorted(set(cfg.fixed) - fields)
     if unknown:
-        raise ValueError(f"sweep: fixed {', '.join(unknown)} not TrainConfig fields a sweep passes on "
-                         f"(the sweep sets {', '.join(RESERVED)} itself)")
+        raise ConfigError(f"sweep: fixed {', '.join(unknown)} not TrainConfig fields a sweep passes on "
+                          f"(the sweep sets {', '.join(RESERVED)} itself)")
     both = sorted(set(cfg.grid) & set(cfg.fixed))
     if both:
-        raise ValueError(f"sweep: {', '.join(both)} both fixed and in --grid; keep one")
+        raise ConfigError(f"sweep: {', '.join(both)} both fixed and in --grid; keep one")
     for flag, value in (("--trials-parallel", cfg.trials_parallel), ("--samples", cfg.samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{flag} {value!r}: must be a whole number >= 1")
+            raise ConfigError(f"{flag} {value!r}: must be a whole number >= 1")
     if isinstance(cfg.sample_seed, bool) or not isinstance(cfg.sample_seed, int):
-        raise ValueError(f"--sample-seed {cfg.sample_seed!r}: must be a whole number")
+        raise ConfigError(f"--sample-seed {cfg.sample_seed!r}: must be a whole number")
 
 
 def run_sweep(cfg: SweepConfig, grid_texts: dict[str, list[str]] | None = None) -> SweepResult:
@@ -329,8 +330,8 @@ def run_sweep(cfg: SweepConfig, grid_texts: dict[str, list[str]] | None = None) 
     for trial in trials:  # every trial's config is built (and checked) before any trial runs
         try:
             _trial_config(cfg, trial, None)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"sweep trial {trial.name}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"sweep trial {trial.name}: {e}") from None
     spec = {"cache": str(cfg.cache), "grid": cfg.grid, "fixed": cfg.fixed, "samples": cfg.samples,
             "sample_seed": cfg.sample_seed, "trials": [{"name": t.name, "params": t.params} for t in trials]}
     done = _resume(out, json.loads(json.dumps(spec)), trials)
@@ -364,12 +365,12 @@ def _resume(out: Path, spec: dict, trials: list[Trial]) -> dict[str, dict]:
         return {}
     recorded = out / "sweep.json"
     if not recorded.is_file():
-        raise ValueError(f"sweep folder {out} already holds files that are not a sweep; pass another --out")
+        raise ConfigError(f"sweep folder {out} already holds files that are not a sweep; pass another --out")
     old = json.loads(recorded.read_text())
     differ = [k for k in spec if old.get(k) != spec[k]]
     if differ:
-        raise ValueError(f"sweep folder {out} holds another sweep ({', '.join(differ)} differ); pass another --out, "
-                         f"or the same flags to resume it")
+        raise ConfigError(f"sweep folder {out} holds another sweep ({', '.join(differ)} differ); pass another --out, "
+                          f"or the same flags to resume it")
     done = {}
     for trial in trials:
         outcome = trial.out / "trial.json"

@@ -11,32 +11,32 @@ import dataclasses
 import json
 import math
 import os
-import random
-import re
 import shlex
 import time
 import types
 import typing
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from r2 import engine, metrics
+from r2.engine import evaluate_split
 from r2.cache import Cache, CacheError
 from r2.checkpoint import (build_model, cache_identity, check_compatible, check_same_cache, checkpoint_file,
                            checkpoint_meta, load_checkpoint, save)
-from r2.data import MIN_TRAIN_SECONDS, GlobalBatchSampler, GroundingDataset, Preloaded, collate, to_device
-from r2.decode import DecodeConfig, decode, decode_config_for
+from r2.data import MIN_TRAIN_SECONDS, GlobalBatchSampler, GroundingDataset, Preloaded, collate
+from r2.decode import DecodeConfig, decode_config_for
 from r2.errors import ConfigError
 from r2.losses import Criterion, LossConfig, loss_config_for
 from r2.model import R2Config, R2Model, config_for
-from r2.recipes import DATASETS, recipe
+from r2.recipes import DATASETS, by_dataset, recipe
+from r2.runtime import (DEVICE, DEVICE_ALLOWED, pick_device, pick_precision, precision_name, seed_everything,
+                        start_distributed)
 
 
 # A view of the recipes' schedules, for callers that index by name (bench/train.py); r2 reads recipe(name).schedule.
@@ -52,7 +52,6 @@ def _number(test: Callable[[float], bool]) -> Callable[[float], bool]:
     return lambda v: math.isfinite(v) and test(v)
 
 
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _HEADS = next(f.default for f in dataclasses.fields(R2Config) if f.name == "heads")
 _AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
 _AT_LEAST_0 = (lambda v: v >= 0, "an integer >= 0")
@@ -87,7 +86,7 @@ _RULES: dict[str, tuple[Callable, str]] = {
     "train_split": (bool, "a split name"),
     "eval_split": (bool, "a split name"),
     "seed": (lambda v: 0 <= v < 2 ** 32, "an integer in 0 .. 2**32 - 1"),
-    "device": (lambda v: _DEVICE.fullmatch(v) is not None, "one of auto, cpu, cuda or cuda:N"),
+    "device": (lambda v: DEVICE.fullmatch(v) is not None, DEVICE_ALLOWED),
     "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "one of auto, fp32, bf16, fp16"),
     "workers": _AT_LEAST_0,
     "resume": (bool, "a run folder"),
@@ -116,46 +115,84 @@ def _shown(value) -> str:
     return shlex.quote(str(value))
 
 
+def _opt(help: str, default: str | None = None, metavar: str | None = None):
+    """A TrainConfig field's metadata: what its flag does; `default` says what None means (a recipe value)."""
+    meta = {"help": help}
+    if default is not None:
+        meta["default"] = default
+    if metavar is not None:
+        meta["metavar"] = metavar
+    return field(default=None, metadata=meta)
+
+
+def _recipe(what: str, value: Callable) -> str:
+    return f"the recipe's {what}: {by_dataset(value)}"
+
+
+def _with(help: str, default, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+_DEVICE_META = {"help": "where the model runs: auto (this process's GPU when there is one, else the CPU), cpu, "
+                        "cuda, cuda:N"}
+
+
 @dataclass
 class TrainConfig:
-    cache: str  # the cache entry file (cache/<name>.h5)
-    out: str | None = None  # run folder (default runs/<cache name>-<time>)
-    domain: str | None = None  # YouTube Highlights / TVSum: the domain to train and evaluate
-    # schedule (None: the dataset's default from SPEC §7)
-    batch_size: int | None = None
-    epochs: int | None = None
-    lr: float | None = None
-    lr_drop: int | None = None  # epoch of the ×0.1 LR step; -1 disables it
-    warmup_iters: int | None = None
-    passes: int | None = None  # passes over the training data per epoch
-    warmup_ratio: float = 1e-3  # linear warmup starts from this fraction of the LR
-    weight_decay: float = 1e-4
-    grad_clip: float = 35.0  # max grad norm
-    # model (None: the dataset's default)
-    dropout: float | None = None
-    droppath: float | None = None
-    hidden: int | None = None
-    # loss weights (None: the dataset's default)
-    cls_weight: float | None = None
-    reg_weight: float | None = None
-    sal_weight: float | None = None
-    video_nce_weight: float | None = None
-    layer_nce_weight: float | None = None
-    # decoding (None: the dataset's default)
-    nms: str | None = None  # hard | soft | none
-    nms_iou: float | None = None
-    unit: float | None = None  # seconds; 0 disables rounding
+    cache: str = field(metadata={"help": "the feature cache entry file to train on (cache/<name>.h5)",
+                                 "metavar": "FILE"})
+    out: str | None = _opt("the run folder", "runs/<cache name>-<time>", "DIR")
+    domain: str | None = _opt("the YouTube Highlights / TVSum domain to train and evaluate (required there)",
+                              "none: the whole set")
+    # schedule (None: the dataset recipe's, SPEC §7)
+    batch_size: int | None = _opt("the global batch size (split over DDP processes)",
+                                  _recipe("batch size", lambda r: r.schedule.batch_size))
+    epochs: int | None = _opt("epochs to train", _recipe("epochs", lambda r: r.schedule.epochs))
+    lr: float | None = _opt("peak AdamW learning rate", _recipe("lr", lambda r: r.schedule.lr))
+    lr_drop: int | None = _opt("epoch from which the LR is multiplied by 0.1; -1: never",
+                               _recipe("lr drop (none = never)", lambda r: r.schedule.lr_drop))
+    warmup_iters: int | None = _opt("iterations of linear LR warm-up",
+                                    _recipe("warm-up (custom sets: at most 500/6780 of the run)",
+                                            lambda r: r.schedule.warmup_iters))
+    passes: int | None = _opt("passes over the training data per epoch",
+                              _recipe("passes", lambda r: r.schedule.passes))
+    warmup_ratio: float = _with("the warm-up starts from this fraction of the LR", 1e-3)
+    weight_decay: float = _with("AdamW weight decay", 1e-4)
+    grad_clip: float = _with("largest gradient norm (clipped above)", 35.0)
+    # model (None: the recipe's, SPEC §3)
+    dropout: float | None = _opt("feature dropout of video_map / query_map", _recipe("dropout", lambda r: r.dropout))
+    droppath: float | None = _opt("DropPath rate on each residual branch of the temporal layer",
+                                  f"{R2Config.droppath}, every dataset")
+    hidden: int | None = _opt("hidden size C of the R² Block, pyramid and heads", f"{R2Config.hidden}, every dataset")
+    # loss weights (None: the recipe's, SPEC §5)
+    cls_weight: float | None = _opt("weight of the focal (TVSum/YouTube: soft BCE) class loss",
+                                    f"{LossConfig.cls_weight}, every dataset")
+    reg_weight: float | None = _opt("weight of the L1 boundary loss", f"{LossConfig.reg_weight}, every dataset")
+    sal_weight: float | None = _opt("weight of the sampled saliency NCE",
+                                    _recipe("saliency weight", lambda r: r.sal_weight))
+    video_nce_weight: float | None = _opt("weight of the video-level InfoNCE",
+                                          f"{LossConfig.video_nce_weight}, every dataset")
+    layer_nce_weight: float | None = _opt("weight of the layer-wise InfoNCE",
+                                          f"{LossConfig.layer_nce_weight}, every dataset")
+    # decoding (None: the recipe's, SPEC §6)
+    nms: str | None = _opt("NMS of the decoded windows: hard, soft or none", _recipe("nms", lambda r: r.nms))
+    nms_iou: float | None = _opt("IoU at which hard NMS suppresses a window", f"{DecodeConfig.nms_iou}, every dataset")
+    unit: float | None = _opt("seconds window ends are rounded to; 0: no rounding",
+                              _recipe("unit (none = no rounding)", lambda r: r.unit))
     # run
-    train_split: str | None = None
-    eval_split: str | None = None
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on capable GPUs, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    workers: int | None = None  # DataLoader worker processes (each opens the cache itself); None: 0 on a CPU (the
-    # reads are cheap next to the model, and workers would compete with torch's threads), 4 on a GPU
-    preload: bool = False  # read the whole split's features into memory first (on the GPU when training there)
-    progress: bool = True
-    resume: str | None = None  # a run folder: continue from its last.pt
+    train_split: str | None = _opt("the split to train on", _recipe("train split", lambda r: r.info.train_split))
+    eval_split: str | None = _opt("the split evaluated every epoch (best.pt is picked on it)",
+                                  _recipe("eval split", lambda r: r.info.eval_split))
+    seed: int = _with("seed of the model init, sampling and dropout", 42)
+    device: str = dataclasses.field(default="auto", metadata=_DEVICE_META)
+    precision: str = _with("autocast: auto (bf16 on capable GPUs, else fp16 on a GPU, fp32 on a CPU), fp32, bf16, "
+                           "fp16", "auto")
+    workers: int | None = _opt("DataLoader worker processes (each opens the cache itself)",
+                               "0 on a CPU (workers would compete with torch's threads), 4 on a GPU")
+    preload: bool = _with("read the whole split's features into memory first", False)
+    progress: bool = _with("show a progress bar per epoch", True)
+    compile: bool = _with("torch.compile the model (CPU or CUDA): slower first epoch, faster steps", False)
+    resume: str | None = _opt("a run folder: continue from its last.pt with its own settings", "a new run", "DIR")
 
     def __post_init__(self):
         """Check every field against its rule (`_RULES`; bools: true or false), so that a bad value is refused
@@ -224,55 +261,6 @@ def domains(cache: Cache) -> list[str]:
     return sorted({r.get("domain") for split in cache.splits for r in cache.records(split) if r.get("domain")})
 
 
-def start_distributed(device: str) -> tuple[int, int]:
-    """(rank, world size). Under torchrun (WORLD_SIZE > 1) join the process group: NCCL on GPUs, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
-        gpu = pick_device(device).type == "cuda"
-        torch.distributed.init_process_group("nccl" if gpu else "gloo")
-    return torch.distributed.get_rank(), world
-
-
-def pick_device(name: str) -> torch.device:
-    """auto: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU. A device this
-    machine does not have is a ConfigError."""
-    _checked("device", str, name)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA GPU on this machine (torch.cuda.is_available() is False); use "
-                          f"--device cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 .. "
-                          f"cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
-def precision_name(name: str, device: torch.device) -> str:
-    """auto -> bf16 on GPUs that support it, else fp16 on a GPU, fp32 on a CPU; other names as given."""
-    if name != "auto":
-        return name
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision_name(name, device)]
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # The reference warms QVHighlights up for 500 of its 6,780 iterations (30 epochs of 4 passes): a custom set's
 # default warm-up (recipe.cap_warmup) is capped at that fraction of the run, so that a small set leaves warm-up as
 # QVHighlights does. The six benchmarks keep the paper's schedules exactly (TVSum's 50 of 500 iterations included),
@@ -306,29 +294,6 @@ def lr_factor(it: int, epoch: int, cfg: TrainConfig) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict(model: R2Model, loader: DataLoader, dataset: GroundingDataset, dec_cfg: DecodeConfig,
-            device: torch.device, autocast_dtype: torch.dtype | None) -> list[dict]:
-    """Predictions of a whole split in the QVHighlights submission format (plus `query`)."""
-    model.eval()
-    preds = []
-    for batch in loader:
-        batch = to_device(batch, device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            outputs = model(batch["video"], batch["video_mask"], batch["query"], batch["query_mask"])
-        for i, pred in zip(batch["index"].tolist(), decode(outputs, batch, dec_cfg)):
-            r = dataset.records[i]
-            preds.append({"qid": r.qid, "query": r.query, "vid": r.vid, **pred})
-    return preds
-
-
-def evaluate_split(model, dataset, dec_cfg, device, autocast_dtype, batch_size, workers) -> tuple[list, dict]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers)
-    preds = predict(model, loader, dataset, dec_cfg, device, autocast_dtype)
-    gt = [r.to_json() for r in dataset.records]
-    return preds, metrics.evaluate(dataset.cache.dataset, preds, gt)
 
 
 def split_dataset(cache: Cache, split: str, role: str, domain: str | None = None,
@@ -367,7 +332,8 @@ def predictions_name(dataset: str, split: str) -> str:
 
 # What a resumed run takes from the command line: the cache (checked to be the run's own), where and how it runs,
 # and --epochs, which extends it. Every other setting is the run's own; a flag that would change one is refused.
-RESUME_MAY_CHANGE = ("cache", "resume", "epochs", "device", "precision", "workers", "preload", "progress")
+RESUME_MAY_CHANGE = ("cache", "resume", "epochs", "device", "precision", "workers", "preload", "progress",
+                     "compile")
 SHOWN_ON_RESUME = ("batch_size", "lr", "lr_drop", "warmup_iters", "passes", "hidden", "dropout", "seed")
 
 
@@ -397,6 +363,30 @@ def saved_config(ckpt: dict) -> TrainConfig:
     if dropped:
         warnings.warn(f"checkpoint config fields {dropped} are not TrainConfig fields of this r2; ignored")
     return TrainConfig(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class EvaluateConfig:
+    """What `evaluate_checkpoint` takes, as train/evaluate.py's flags."""
+    checkpoint: str = field(metadata={
+        "help": "an r2 run folder (its best.pt, e.g. runs/demo-latest), best.pt / last.pt, an official R²-Tuning "
+                ".pth, or a zoo name (r2-tuning:NAME)", "metavar": "CKPT"})
+    cache: str = field(metadata={"help": "the feature cache entry file to evaluate on (cache/<name>.h5)",
+                                 "metavar": "FILE"})
+    split: str | None = _opt("the split to evaluate", "the run's evaluation split, else the recipe's eval split")
+    out: str | None = _opt("the output folder", "a new runs/eval-<checkpoint>-<cache>-<split>-<time>", "DIR")
+    dataset: str | None = _opt("an official checkpoint's dataset when its file name does not say it "
+                               "(r2_tuning_<dataset>[_<domain>]-<sha>.pth)", "from the checkpoint")
+    domain: str | None = _opt("the YouTube Highlights / TVSum domain", "the checkpoint's")
+    allow_feature_source: bool = _with(
+        "use a cache whose features were made another way (e.g. r2-extracted ViT-B/32 features for a checkpoint "
+        "trained on the authors' released ones): same CLIP, layers and fps only", False)
+    batch_size: int = _with("samples per evaluation forward", 32, metavar="N")
+    device: str = dataclasses.field(default="auto", metadata=_DEVICE_META)
+
+    def __post_init__(self):
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"--batch-size {_shown(self.batch_size)}: must be a whole number >= 1")
 
 
 def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: str | None = None,
@@ -478,6 +468,13 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=not self.model_cfg.boundary)
+        # what the steps and evaluations call: DDP (several processes) and torch.compile (--compile) wrap the model;
+        # its parameters, state dict and checkpoints stay those of self.model
+        self.train_model = self.ddp or self.model
+        self.eval_model = self.model
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+            self.eval_model = self.train_model if self.ddp is None else torch.compile(self.model)
         self.criterion = Criterion(self.loss_cfg)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -549,40 +546,37 @@ class Trainer:
                               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
         save(state, path)
 
+    def _batches(self):
+        """This epoch's training batches: `passes` passes, each with its own seeded order and positive frames."""
+        for part in range(self.cfg.passes):
+            self.train_set.seed = self.cfg.seed * 1000 + self.epoch * 10 + part
+            yield from DataLoader(self.train_set, batch_sampler=self._sampler(self.epoch, part), collate_fn=collate,
+                                  num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+
     def train_epoch(self) -> dict[str, float]:
         cfg = self.cfg
         self.model.train()
-        model = self.ddp or self.model
-        sums: dict[str, float] = {}
-        steps = 0
         bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    disable=not cfg.progress or self.rank != 0, leave=False)
-        for part in range(cfg.passes):
-            self.train_set.seed = cfg.seed * 1000 + self.epoch * 10 + part
-            loader = DataLoader(self.train_set, batch_sampler=self._sampler(self.epoch, part), collate_fn=collate,
-                                num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
-            for batch in loader:
-                batch = to_device(batch, self.device)
-                losses = engine.train_step(model, self.criterion, self.optimizer, self.scaler, batch, self.device,
-                                           self.autocast_dtype, cfg.grad_clip, params=self.model.parameters(),
-                                           scheduler=self.scheduler, where=f"epoch {self.epoch + 1} step {steps}")
-                loss = losses["loss"]
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                steps += 1
-                bar.update()
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+
+        def shown(losses):
+            bar.update()
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+
+        means = engine.train_epoch(self.train_model, self.criterion, self.optimizer, self.scaler, self._batches(),
+                                   self.device, self.autocast_dtype, cfg.grad_clip, params=self.model.parameters(),
+                                   scheduler=self.scheduler, where=f"epoch {self.epoch + 1}", on_step=shown)
         bar.close()
-        means = torch.tensor([sums[k] / max(steps, 1) for k in sorted(sums)], dtype=torch.float64)
         if self.world > 1:  # the logged losses are the mean over ranks
-            torch.distributed.all_reduce(means)
-            means /= self.world
-        return dict(zip(sorted(sums), means.tolist()))
+            values = torch.tensor(list(means.values()), dtype=torch.float64)
+            torch.distributed.all_reduce(values)
+            means = dict(zip(means, (values / self.world).tolist()))
+        return means
 
     def _evaluate_and_save(self, train_losses: dict[str, float], start: float):
         cfg = self.cfg
-        preds, scores = evaluate_split(self.model, self.eval_set, self.dec_cfg, self.device, self.autocast_dtype,
-                                       cfg.batch_size // self.world, cfg.workers)
+        preds, scores = evaluate_split(self.eval_model, self.eval_set, self.dec_cfg, self.device,
+                                       self.autocast_dtype, cfg.batch_size // self.world, cfg.workers)
         row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
                **{f"train_{k}": round(v, 6) for k, v in train_losses.items()},
                **{f"{cfg.eval_split}_{k}": v for k, v in scores.items()}, "seconds": round(time.time() - start, 2)}

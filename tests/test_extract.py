@@ -14,10 +14,9 @@ from r2 import clip, video
 from r2.cache import Cache, parts_dir
 from r2.demo import make_demo
 from r2.extract import failures
-from tests.helpers import make_video, write_jsonl
+from tests.helpers import load_cli, make_video, write_jsonl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "extract"))
-import run as extract_cli  # noqa: E402  (extract/run.py)
+extract_cli = load_cli("extract/run.py")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from r2.extract import ExtractConfig, extract
 from r2.predict import (ENCODE_CHUNK, FeatureCache, Moment, Prediction, PredictError, Predictor, QueryPrediction,
                         average_saliency, display_json, format_table, merge_moments, window_starts)
 from r2.train import Trainer, TrainConfig
-from r2.train import predict as trained_predict
+from r2.engine import predict_split as trained_predict
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,18 +17,23 @@ import zipfile
 from pathlib import Path
 
 from ..datasets import TVSUM_SPLITS, YOUTUBE_SPLITS, dataset_info
+from ..errors import NotFoundError, R2Error
 from ..recipes import recipe
 from .highlights import eval_highlights, eval_tvsum, eval_youtube, sklearn_interpolated_ap, trapezoid_ap
 from .moments import eval_moments, iou_cross, iou_hull
 
 __all__ = [
-    "QVH_SUBMISSION_FILES", "check_saliency_predictions", "check_submission", "eval_highlights", "eval_moments",
+    "MetricsError", "QVH_SUBMISSION_FILES", "check_saliency_predictions", "check_submission", "eval_highlights", "eval_moments",
     "eval_qvhighlights", "eval_tvsum", "eval_youtube", "evaluate", "headline", "iou_cross", "iou_hull",
     "pack_qvhighlights", "read_jsonl", "sklearn_interpolated_ap", "trapezoid_ap", "write_submission",
 ]
 
 QVH_SUBMISSION_FILES = ("hl_val_submission.jsonl", "hl_test_submission.jsonl")
 SALIENCY_LENGTH_TOLERANCE = 5  # clips; QVHighlights-style predictions may be cut/padded by less (reference's check)
+
+
+class MetricsError(R2Error, ValueError):
+    """A submission or ground truth that cannot be scored; the message names the entry and what is wrong."""
 
 
 def headline(dataset: str) -> str:
@@ -46,50 +51,50 @@ def check_submission(submission: list[dict], ground_truth: list[dict], moments: 
     duplicate qids, missing/empty/malformed windows ([start, end, score] finite numbers), GT without windows,
     malformed saliency scores or a saliency length off by >= 5 clips from int(duration / clip_len)."""
     if not submission:
-        raise ValueError("submission is empty: expected one prediction dict per GT qid")
+        raise MetricsError("submission is empty: expected one prediction dict per GT qid")
     seen, gt = set(), {}
     for d in ground_truth:
         if d["qid"] in gt:
-            raise ValueError(f"ground truth: qid {d['qid']!r} appears twice")
+            raise MetricsError(f"ground truth: qid {d['qid']!r} appears twice")
         gt[d["qid"]] = d
     for i, d in enumerate(submission, 1):
         if not isinstance(d, dict) or "qid" not in d:
-            raise ValueError(f"submission: entry {i} has no 'qid': expected one QVHighlights-format prediction "
-                             f"dict per line (qid, vid, pred_relevant_windows, pred_saliency_scores)")
+            raise MetricsError(f"submission: entry {i} has no 'qid': expected one QVHighlights-format prediction "
+                               f"dict per line (qid, vid, pred_relevant_windows, pred_saliency_scores)")
         qid = d["qid"]
         if qid in seen:
-            raise ValueError(f"submission: qid {qid!r} appears twice")
+            raise MetricsError(f"submission: qid {qid!r} appears twice")
         seen.add(qid)
         if qid not in gt:
-            raise ValueError(f"submission: qid {qid!r} is not in the ground truth (qid sets must be equal)")
+            raise MetricsError(f"submission: qid {qid!r} is not in the ground truth (qid sets must be equal)")
     missing = [q for q in gt if q not in seen]
     if missing:
-        raise ValueError(f"submission: qid {missing[0]!r} of the ground truth has no prediction "
-                         f"({len(missing)} missing; qid sets must be equal)")
+        raise MetricsError(f"submission: qid {missing[0]!r} of the ground truth has no prediction "
+                           f"({len(missing)} missing; qid sets must be equal)")
     for d in submission:
         qid, g = d["qid"], gt[d["qid"]]
         if moments:
             windows = d.get("pred_relevant_windows")
             if not isinstance(windows, list) or not windows:
-                raise ValueError(f"submission: qid {qid!r}: 'pred_relevant_windows' must be a non-empty list of "
-                                 f"[start, end, score]")
+                raise MetricsError(f"submission: qid {qid!r}: 'pred_relevant_windows' must be a non-empty list of "
+                                   f"[start, end, score]")
             for w in windows:
                 if not isinstance(w, list) or len(w) < 3 or not all(_is_number(x) for x in w[:3]):
-                    raise ValueError(f"submission: qid {qid!r}: window {w!r} must be [start, end, score] with "
-                                     f"finite numbers")
+                    raise MetricsError(f"submission: qid {qid!r}: window {w!r} must be [start, end, score] with "
+                                       f"finite numbers")
             if not g.get("relevant_windows"):
-                raise ValueError(f"ground truth: qid {qid!r} has no 'relevant_windows'")
+                raise MetricsError(f"ground truth: qid {qid!r} has no 'relevant_windows'")
         if saliency:
             scores = d.get("pred_saliency_scores")
             if not isinstance(scores, list) or not scores or not all(_is_number(x) for x in scores):
-                raise ValueError(f"submission: qid {qid!r}: 'pred_saliency_scores' must be a non-empty list of "
-                                 f"finite numbers, one per {clip_len:g} s clip")
+                raise MetricsError(f"submission: qid {qid!r}: 'pred_saliency_scores' must be a non-empty list of "
+                                   f"finite numbers, one per {clip_len:g} s clip")
             n = int(g["duration"] / clip_len)
             if abs(len(scores) - n) >= SALIENCY_LENGTH_TOLERANCE:
-                raise ValueError(f"submission: qid {qid!r}: {len(scores)} saliency scores for a {g['duration']} s "
-                                 f"video; expected {n} (one per {clip_len:g} s clip)")
+                raise MetricsError(f"submission: qid {qid!r}: {len(scores)} saliency scores for a {g['duration']} s "
+                                   f"video; expected {n} (one per {clip_len:g} s clip)")
             if not isinstance(g.get("saliency_scores"), list) or not isinstance(g.get("relevant_clip_ids"), list):
-                raise ValueError(f"ground truth: qid {qid!r} has no 'saliency_scores' / 'relevant_clip_ids'")
+                raise MetricsError(f"ground truth: qid {qid!r} has no 'saliency_scores' / 'relevant_clip_ids'")
 
 
 def check_saliency_predictions(pred: dict, anno: dict, kind: str, column: str) -> None:
@@ -97,14 +102,14 @@ def check_saliency_predictions(pred: dict, anno: dict, kind: str, column: str) -
     the first offending video id."""
     for vid, scores in pred.items():
         if vid not in anno:
-            raise ValueError(f"prediction: video {vid!r} is not in the annotation file")
+            raise MetricsError(f"prediction: video {vid!r} is not in the annotation file")
         if not isinstance(scores, list) or not scores or not all(_is_number(x) for x in scores):
-            raise ValueError(f"prediction: video {vid!r}: expected a non-empty list of finite scores, one per clip")
+            raise MetricsError(f"prediction: video {vid!r}: expected a non-empty list of finite scores, one per clip")
         n = len(anno[vid][column])
         ok = len(scores) == n if kind == "youtube" else 0 <= n - len(scores) < SALIENCY_LENGTH_TOLERANCE
         if not ok:
-            raise ValueError(f"prediction: video {vid!r}: {len(scores)} scores for {n} annotated clips "
-                             f"({'must be equal' if kind == 'youtube' else 'may be at most 4 fewer, never more'})")
+            raise MetricsError(f"prediction: video {vid!r}: {len(scores)} scores for {n} annotated clips "
+                               f"({'must be equal' if kind == 'youtube' else 'may be at most 4 fewer, never more'})")
 
 
 def eval_qvhighlights(submission: list[dict], ground_truth: list[dict]) -> dict[str, float]:
@@ -145,7 +150,7 @@ def evaluate(dataset: str, submission: list[dict], ground_truth: list[dict]) -> 
     """Metrics of one split; see the module docstring for the keys."""
     info = dataset_info(dataset)
     if not submission or not ground_truth:
-        raise ValueError(f"{dataset}: empty submission or ground truth")
+        raise MetricsError(f"{dataset}: empty submission or ground truth")
     if dataset == "qvhighlights":
         return eval_qvhighlights(submission, ground_truth)
     if recipe(dataset).highlight_only:
@@ -154,7 +159,7 @@ def evaluate(dataset: str, submission: list[dict], ground_truth: list[dict]) -> 
         extra = [v for v in pred if v not in set(vids)]
         missing = [v for v in vids if v not in pred]
         if extra or missing or len(pred) != len(submission):
-            raise ValueError(f"{dataset}: prediction and GT videos differ (first: "
+            raise MetricsError(f"{dataset}: prediction and GT videos differ (first: "
                              f"{(extra or missing or ['duplicate'])[0]!r}); one prediction per GT video")
         column = "match" if dataset == "youtube" else "anno"
         anno = _domain_anno(ground_truth, column)
@@ -173,7 +178,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 try:
                     out.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{ln}: not valid JSON ({e.msg})") from None
+                    raise MetricsError(f"{path}:{ln}: not valid JSON ({e.msg})") from None
     return out
 
 
@@ -194,10 +199,10 @@ def pack_qvhighlights(src: str | Path | list, zip_path: str | Path) -> Path:
         [Path(p) for p in src]
     names = sorted(p.name for p in files)
     if names != sorted(QVH_SUBMISSION_FILES):
-        raise ValueError(f"QVHighlights zip needs exactly {QVH_SUBMISSION_FILES}, got {names}")
+        raise MetricsError(f"QVHighlights zip needs exactly {QVH_SUBMISSION_FILES}, got {names}")
     for p in files:
         if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: write it with write_submission() first")
+            raise NotFoundError(f"{p} not found: write it with write_submission() first")
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as z:

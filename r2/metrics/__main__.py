@@ -8,14 +8,13 @@ that no ground-truth window falls in shows "n/a" (the evaluator would repeat the
 """
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from ..datasets import DATASETS, TVSUM_SPLITS, YOUTUBE_SPLITS, read_json_videos
-from ..errors import R2Error
+from .. import cli
 from ..recipes import recipe
-from . import check_saliency_predictions, evaluate, eval_tvsum, eval_youtube, read_jsonl
+from . import MetricsError, check_saliency_predictions, evaluate, eval_tvsum, eval_youtube, read_jsonl
 from .moments import empty_buckets
 
 
@@ -45,8 +44,8 @@ def _domain_metrics(args) -> dict:
             missing = [v for v in want if v not in pred]
             if extra or missing:
                 vid = (extra or missing)[0]
-                raise ValueError(f"prediction: video {vid!r} ({dom}) is {'not in' if extra else 'missing from'} the "
-                                 f"fixed {args.split} split; pass --split none to score any set of videos")
+                raise MetricsError(f"prediction: video {vid!r} ({dom}) is {'not in' if extra else 'missing from'} the "
+                                   f"fixed {args.split} split; pass --split none to score any set of videos")
     return (eval_youtube if args.dataset == "youtube" else eval_tvsum)(pred, anno, order)
 
 
@@ -70,16 +69,10 @@ def main(args) -> dict:
     return metrics
 
 
-def _cli() -> int:
-    try:
-        main(get_args_parser().parse_args())
-    except (R2Error, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # the reader (| head) closed the pipe: --out is written, stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    return 0
+@cli.command
+def _cli() -> None:
+    """The `r2-metrics` console script and `python -m r2.metrics`."""
+    main(get_args_parser().parse_args())
 
 
 if __name__ == "__main__":
