@@ -211,6 +211,7 @@ def test_convert_resumes_and_refuses(tmp_path, monkeypatch):
     assert not (tmp_path / "copy.h5").exists() and not (tmp_path / "other.h5").exists()
 
 
+@pytest.mark.slow
 def test_convert_command_line(tmp_path):
     src = make_fp16_cache(tmp_path)
     run = lambda *a: subprocess.run([sys.executable, "-m", "r2.cache", *a], capture_output=True, text=True,  # noqa: E731
@@ -332,6 +333,7 @@ def test_free_bytes_reads_meminfo():
 # ----------------------------------------------------------------------------------------------- extraction
 
 
+@pytest.mark.slow
 def test_tiny_clip_checksum_is_known_without_building_it():
     ident = clip.identity("tiny")
     model = clip.load_clip("tiny")
