@@ -41,10 +41,12 @@ class ExtractConfig:
     bf16: bool = False  # CLIP under bfloat16 autocast (faster only with bf16 units; changes the fingerprint)
     demo_videos: int = DEFAULT_VIDEOS  # size of the generated demo dataset
     progress: bool = True
-    store: str = field(default="fp16", metadata={"help": "how features are stored: fp16 (default), int8 or fp8 "
-                                                         "(float8_e4m3fn) with per-(layer, channel) float16 scales "
-                                                         "per video and per query, about 0.5x the fp16 bytes; "
-                                                         "changes the fingerprint, so it needs its own cache"})
+    store: str = field(default="fp16", metadata={"help": "how features are stored: fp16, int8 or fp8 "
+                                                         "(float8_e4m3fn), the 1-byte stores with float16 scales per "
+                                                         "(video, layer, channel) and per (query token, layer), "
+                                                         "about 0.505x the fp16 bytes; changes the fingerprint, so it "
+                                                         "needs its own cache (python -m r2.cache convert makes one "
+                                                         "from an fp16 cache)"})
 
     def __post_init__(self):
         """Every numeric and enumerated field is checked when the config is built, so a bad flag is a one-line
