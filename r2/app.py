@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from r2 import cli
-from r2.errors import R2Error
+from r2.errors import R2Error, command
 
 __all__ = ["AppError", "answer", "build_app", "get_args_parser", "main", "parse_queries"]
 
@@ -101,12 +100,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", help="the checkpoint's CLIP, when it is not where its fingerprint says")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: reachable from the network)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
     p.add_argument("--top", type=int, default=5, help="moments per query shown at first")
     return p
 
 
-@cli.command
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     _gradio()  # before the checkpoint loads: a missing extra is said at once

@@ -2,10 +2,8 @@
 (extract, merge, import-official, fit, evaluate, sweep) that the thin scripts extract/*.py and train/*.py and the
 console scripts r2-extract, r2-fit, ... run.
 
-`@command` wraps a command's `main(args) -> int`: an `R2Error` (a problem with the user's input, files or
-settings) becomes one "error: ..." line on stderr and exit code 2; any other exception is a bug and keeps its
-traceback; warnings print as one "warning: ..." line each; a closed stdout pipe (`| head`) ends the command quietly.
-Tests and scripts call the wrapped `main` directly and get the same exit codes.
+Every command's `main(args) -> int` is wrapped by `r2.errors.command`: an `R2Error` becomes one "error: ..." line
+and exit code 2, anything else keeps its traceback. Tests and scripts call the wrapped `main` directly.
 
 `add_fields(parser, Config)` adds one flag per field of a dataclass, with the help text from the field's
 `metadata={"help": ...}` and its real default ("default: ..."), or `metadata={"default": ...}` saying which
@@ -15,40 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import os
 import sys
 import types
 import typing
-import warnings
 from pathlib import Path
-from typing import Callable
 
-from r2.errors import ConfigError, R2Error, one_line_warning
+from r2.errors import ConfigError, command
 
-__all__ = ["add_fields", "command", "field_type", "flag", "help_of", "shard"]
-
-
-def command(main: Callable[..., int | None]) -> Callable[..., int]:
-    """`main` with r2's command-line error handling (see the module docstring); None from `main` is exit code 0."""
-
-    @functools.wraps(main)
-    def wrapped(*args, **kwargs) -> int:
-        shown = warnings.showwarning
-        warnings.showwarning = one_line_warning
-        try:
-            code = main(*args, **kwargs)
-        except R2Error as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except BrokenPipeError:  # the reader (| head) closed the pipe: what was written stays, stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
-        finally:
-            warnings.showwarning = shown
-        return 0 if code is None else code
-
-    return wrapped
+__all__ = ["add_fields", "field_type", "flag", "help_of", "shard"]
 
 
 def flag(name: str) -> str:

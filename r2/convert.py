@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from r2 import checkpoint, cli
-from r2.errors import ConfigError
+from r2 import checkpoint
+from r2.errors import ConfigError, command
 
 __all__ = ["convert", "get_args_parser", "main"]
 
@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-@cli.command
+@command
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     out = convert(args.checkpoint, args.out, args.to_official, args.dataset, args.domain)

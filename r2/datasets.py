@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r2 import cli
-from r2.errors import AnnotationError, ConfigError, NotFoundError
+from r2.errors import AnnotationError, ConfigError, NotFoundError, command
 from r2.recipes import DATASETS, DatasetInfo, recipe
 
 __all__ = [
@@ -548,7 +547,7 @@ TVSUM_SPLITS = {
 }
 
 
-@cli.command
+@command
 def main(argv: list[str] | None = None) -> int:
     """`python -m r2.datasets download NAME|all [--root DIR] [--mirror URL]`: fetch the benchmarks' annotation
     files (r2.download)."""

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from r2 import cli
-from r2.errors import R2Error
+from r2.errors import R2Error, command
 from r2.fetch import fetch
 
 __all__ = ["BENCHMARKS", "FILES", "RAW_HOST", "SOURCES", "AnnotationFile", "DownloadError", "download",
@@ -129,7 +128,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-@cli.command
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     root = args.root or (Path(os.environ["R2_DATA"]) if os.environ.get("R2_DATA") else None)

@@ -1,8 +1,12 @@
 """r2's error classes: every failure that a user can fix is an `R2Error` whose message names the file or field
 and what to do; command-line entry points print it on one line (anything else is a bug and keeps its traceback)."""
+import functools
+import os
 import sys
+import warnings
+from typing import Callable
 
-__all__ = ["R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "one_line_warning"]
+__all__ = ["R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "command", "one_line_warning"]
 
 
 class R2Error(Exception):
@@ -30,3 +34,27 @@ class CheckpointError(R2Error):
 def one_line_warning(message, category, filename, lineno, file=None, line=None):
     """`warnings.showwarning` for command lines: each warning as one "warning: ..." line on stderr."""
     print(f"warning: {message}", file=sys.stderr)
+
+
+def command(main: Callable[..., int | None]) -> Callable[..., int]:
+    """`main` (a command line's `main(args) -> int`) with r2's error handling: an `R2Error` becomes one
+    "error: ..." line on stderr and exit code 2; any other exception is a bug and keeps its traceback; warnings print
+    as one "warning: ..." line each; a closed stdout pipe (`| head`) ends the command quietly; None is exit code 0."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        shown = warnings.showwarning
+        warnings.showwarning = one_line_warning
+        try:
+            code = main(*args, **kwargs)
+        except R2Error as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # the reader (| head) closed the pipe: what was written stays, stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        finally:
+            warnings.showwarning = shown
+        return 0 if code is None else code
+
+    return wrapped

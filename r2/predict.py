@@ -51,9 +51,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from r2 import cli, clip, video
+from r2 import clip, video
 from r2.decode import DecodeConfig, decode, finish_windows
-from r2.errors import AnnotationError, ConfigError, R2Error
+from r2.errors import AnnotationError, ConfigError, R2Error, command
 from r2.fetch import file_sha256
 from r2.model import R2Model
 from r2.recipes import recipe
@@ -749,7 +749,7 @@ def _predict_one(args: argparse.Namespace, predictor: Predictor, path: Path, tak
     return written
 
 
-@cli.command
+@command
 def main(args: argparse.Namespace) -> int:
     """Exit code: 0 every video predicted; 1 some failed (each named on one line); 2 none (or a bad argument).
     Warnings are printed as one "warning: ..." line each."""

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import cli
-from .errors import R2Error
+from .errors import R2Error, command
 from .recipes import DATASETS, recipe
 
 class ReportError(R2Error):
@@ -263,7 +262,7 @@ def main(args) -> pd.DataFrame:
     return table
 
 
-@cli.command
+@command
 def _cli() -> None:
     """The `r2-report` console script and `python -m r2.report`."""
     main(get_args_parser().parse_args())

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import traceback
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from r2 import cli, metrics
+from r2 import metrics
 from r2.cache import Cache
 from r2.data import Preloaded
 from r2.errors import ConfigError
@@ -89,7 +90,10 @@ def field_type(name: str) -> type:
     if name not in typing.get_type_hints(TrainConfig) or name in RESERVED:
         allowed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESERVED]
         raise ConfigError(f"--grid {name}: not a TrainConfig field a trial can vary; one of {', '.join(allowed)}")
-    return cli.field_type(TrainConfig, name)
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
 
 
 def parse_value(name: str, text: str):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..datasets import DATASETS, TVSUM_SPLITS, YOUTUBE_SPLITS, read_json_videos
-from .. import cli
+from ..errors import command
 from ..recipes import recipe
 from . import MetricsError, check_saliency_predictions, evaluate, eval_tvsum, eval_youtube, read_jsonl
 from .moments import empty_buckets
@@ -21,7 +21,7 @@ from .moments import empty_buckets
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m r2.metrics", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="the dataset whose evaluator scores the file")
     p.add_argument("--gt", required=True, type=Path, help="GT jsonl (QVHighlights format) or YouTube/TVSum anno json")
     p.add_argument("--pred", required=True, type=Path, help="submission jsonl, or {vid: scores} json")
     p.add_argument("--split", default="val", choices=("val", "train", "none"),
@@ -69,7 +69,7 @@ def main(args) -> dict:
     return metrics
 
 
-@cli.command
+@command
 def _cli() -> None:
     """The `r2-metrics` console script and `python -m r2.metrics`."""
     main(get_args_parser().parse_args())
