@@ -328,3 +328,81 @@ def test_keep_mask_is_inverted_dropout(p):
         assert (per_slice - keep).abs().max() < 0.05
     torch.manual_seed(0)
     assert torch.equal(keep_mask((64, 50, 77), p), mask)
+
+
+# ----------------------------------------------------------------- torch.compile
+
+
+@pytest.mark.slow
+def test_compiled_model_has_no_graph_break_and_matches_eager():
+    """torch.compile(R2Model) traces the whole forward as one graph, in train mode with dropout and droppath (the
+    input checks become in-graph asserts, the mask draws an out-of-place randint), and the compiled model's
+    outputs and gradients equal eager's. The equality run has dropout and droppath at 0: compiled code draws its
+    random numbers with its own generator."""
+    model = tiny_model().train()
+    batch = make_batch((12, 7), (4, 2), garbage=True)
+    explanation = torch._dynamo.explain(model)(*batch)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
+
+    model = tiny_model(dropout=0.0, droppath=0.0).train()
+    runs = []
+    for run in (model, torch.compile(model)):
+        model.zero_grad(set_to_none=True)
+        out = run(*batch)
+        (out["saliency"].sum() + out["class_logits"].sum() + out["boundaries"].sum()).backward()
+        runs.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (eager, eager_grads), (compiled, compiled_grads) = runs
+    for key, ref in eager.items():
+        torch.testing.assert_close(compiled[key], ref, atol=1e-5, rtol=1e-4, msg=key)
+    assert compiled_grads.keys() == eager_grads.keys()
+    for name, ref in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], ref, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_compiled_input_checks_still_fail_loudly():
+    """Under torch.compile the mask checks run inside the graph: a mask with a hole still stops the forward."""
+    model = tiny_model()
+    video, video_mask, query, query_mask = make_batch((6, 4), (3, 2))
+    holes = video_mask.clone()
+    holes[0, 2] = False
+    compiled = torch.compile(model, backend="eager")
+    with pytest.raises(RuntimeError, match="video_mask: every sample needs a non-empty prefix"):
+        compiled(video, holes, query, query_mask)
+
+
+def test_keep_values_into_a_workspace_equal_keep_mask_and_reuse_its_memory():
+    """The fast path's masks (words saved, expanded into reused scratch memory) are keep_mask's, entry for entry."""
+    from r2.model.block import Workspace, keep_mask, keep_values, keep_words
+
+    ws = Workspace()
+    for p, shape in ((0.5, (7, 50, 77)), (0.3, (7, 50, 77)), (0.5, (3, 5))):
+        n = math.prod(shape)
+        torch.manual_seed(1)
+        words = keep_words(n, p)
+        assert words.dtype == torch.int32 and words.numel() == (-(-n // 31) if p == 0.5 else n)
+        size = 31 * words.numel() if p == 0.5 else n
+        got = keep_values(words, n, p, out=ws.get("mask", size, torch.int32, torch.device("cpu")))
+        torch.manual_seed(1)
+        assert torch.equal(got.view(shape), keep_mask(shape, p))
+    first = ws.get("rows", 100, torch.float32, torch.device("cpu"))
+    assert ws.get("rows", 60, torch.float32, torch.device("cpu")).data_ptr() == first.data_ptr()  # reused
+    assert ws.get("rows", 200, torch.float32, torch.device("cpu")).numel() == 200  # grown
+    assert ws.get("rows", 10, torch.float64, torch.device("cpu")).dtype == torch.float64
+    import copy
+
+    assert copy.deepcopy(ws)._buffers == {}  # scratch, not state
+
+
+def test_spatial_pool_backward_is_autograds():
+    """SpatialPool's hand-written backward (one dy written in place) against numerical gradients, float64."""
+    from r2.model.block import SpatialPool
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)  # (B, T, P+1, C)
+    q2 = torch.randn(2, 6, 4, generator=g, dtype=torch.float64, requires_grad=True)  # (B, L, C)
+    const = torch.randn(2, 6, generator=g, dtype=torch.float64, requires_grad=True)  # (B, L)
+    assert torch.autograd.gradcheck(SpatialPool.apply, (y, q2, const))
+    cls, pooled = SpatialPool.apply(y, q2, const)
+    attn = ((torch.einsum("blc,btpc->btlp", q2, y) + const[:, None, :, None]) / 2).softmax(-1)  # sqrt(C) = 2
+    torch.testing.assert_close(pooled, torch.einsum("btlp,btpc->btlc", attn, y))
+    torch.testing.assert_close(cls, y[:, :, 0])

@@ -15,10 +15,21 @@ Two implementations of the same function live here (`R2Block.fast`, default True
     term constant over p (softmax drops it), and v_p = W2 y_p + b2 is the last Linear of `video_map`, so the
     logits are (q' W2)·y_p + const and A·v = (A·y) W2ᵀ + b2 (A's rows sum to 1). The last Linear then runs on the
     B·T·L pooled rows and the T [CLS] rows instead of all B·T·(P+1) token rows, and W_v on L query rows.
-  The constant terms are still added to the logits, so b_v and b2 keep their (analytically zero) gradients.
-Both paths draw their dropout masks from `keep_mask` in the same order, so with the same seed they train the same.
+  The constant terms are still added to the logits, so b_v and b2 keep their (analytically zero) gradients;
+  * `TokenMap` fuses video_map's ReLU -> LayerNorm(C) -> Dropout and `SpatialPool` the pooling's two token
+    contractions with the [CLS] row, so that the backward allocates two (rows × C) gradients per step instead of
+    autograd's one per module and per contraction, the [CLS] select's zero-filled one and their sums;
+  * the dropout masks are saved as their random words (`keep_words`: one bit an entry at p = 0.5) and expanded
+    when needed, and every (rows × E) temporary that does not leave a forward or backward call lives in a
+    `Workspace` that is reused across layers and steps: on CPU a fresh large tensor costs more in page faults
+    than the elementwise pass that fills it.
+Both paths draw their dropout masks from `keep_words` in the same order, so with the same seed they train the same.
+Under torch.compile the plain path is traced whatever `fast` says: inductor fuses its elementwise chains itself, and
+the fast path's Functions read per-sample lengths on the host and keep Python-side scratch memory (`Workspace`),
+which would break the graph.
 """
 import math
+import struct
 from contextlib import contextmanager
 
 import torch
@@ -27,8 +38,9 @@ import torch.nn.functional as F
 
 from r2.model.config import R2Config
 
-__all__ = ["R2Block", "TemporalLayer", "MultiHeadAttention", "DropPath", "Dropout", "FeatureInput", "keep_mask",
-           "torch_dropout", "temporal_endpoint_feature", "sinusoidal_positions"]
+__all__ = ["R2Block", "TemporalLayer", "MultiHeadAttention", "DropPath", "Dropout", "FeatureInput", "TokenMap",
+           "SpatialPool", "Workspace", "keep_mask", "keep_words", "keep_values", "torch_dropout",
+           "temporal_endpoint_feature", "sinusoidal_positions"]
 
 _TORCH_DROPOUT = False  # True inside `torch_dropout()`: Dropout uses F.dropout (the plain baseline of bench/train.py)
 
@@ -45,28 +57,74 @@ def torch_dropout():
         _TORCH_DROPOUT = before
 
 
+def keep_words(n: int, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The random draw behind an n-entry keep mask (`keep_mask`): int32 words from 63-bit draws of torch's generator.
+
+    p = 0.5: ceil(n / 31) words, one random bit per entry (n / 8 bytes: cheap to keep for backward); other p: n words.
+    """
+    words = -(-n // 31) if 1.0 - p == 0.5 else n
+    if torch.compiler.is_compiling():  # dynamo cannot trace random_; bits 0..30 of each word are all that is read
+        return torch.randint(0, 2 ** 31, (words,), dtype=torch.int32, device=device)
+    return torch.empty(-(-words // 2), dtype=torch.int64, device=device).random_().view(torch.int32)[:words]
+
+
+def keep_values(words: torch.Tensor, n: int, p: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The inverted-dropout multiplier of `keep_words(n, p)`: float32, flat; its first n entries are the mask.
+
+    Integer ops only (CPU `bernoulli_` costs ~17 ns an entry, this ~0.3 ns at p = 0.5 and ~4 ns otherwise). p = 0.5:
+    bits 0..30 of word i are entries i, words + i, ..., 30·words + i, exact. Other p: entry i is kept iff the low 31
+    bits of word i are below round((1-p)·2^31), so P(keep) is within 2^-32 of 1-p (torch's float bernoulli draws
+    24 bits). The value 1/(1-p) is written as its float32 bit pattern, so it is exact. `out` (int32, at least
+    31·len(words) entries at p = 0.5, else len(words)) is written instead of a new tensor (`Workspace`).
+    """
+    keep = 1.0 - p
+    scale_bits = struct.unpack("<i", struct.pack("<f", 1.0 / keep))[0]  # float32 1/(1-p) as int32 bits
+    if keep == 0.5:
+        shift = (30 - torch.arange(31, dtype=torch.int32, device=words.device))[:, None]  # (31, 1)
+        size = (31, words.numel())
+        target = out.view(-1)[:math.prod(size)].view(size) if out is not None else None
+        bits = torch.bitwise_left_shift(words[None, :], shift, out=target)  # (31, words): bit 30 = the draw
+        bits.bitwise_and_(scale_bits)  # 2.0 or 0.0 as float32 bits
+    else:  # one 31-bit uniform per entry: keep iff it is below the threshold
+        target = out.view(-1)[:words.numel()] if out is not None else None
+        bits = torch.bitwise_and(words, 0x7FFFFFFF, out=target)
+        bits.sub_(round(keep * 2 ** 31)).bitwise_right_shift_(31).bitwise_and_(scale_bits)
+    return bits.view(-1).view(torch.float32)[:n]
+
+
 def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverted-dropout multiplier of `shape`: each entry independently 1/(1-p) with probability 1-p, else 0.
-
-    Built from 63-bit integer draws of torch's generator with integer ops only (CPU `bernoulli_` costs ~17 ns an
-    entry, this ~0.3 ns at p = 0.5 and ~4 ns otherwise). p = 0.5: one random bit per entry, exact. Other p: a
-    31-bit uniform integer per entry compared with round((1-p)·2^31), so P(keep) is within 2^-32 of 1-p (torch's
-    float bernoulli draws 24 bits). The value 1/(1-p) is written as its float32 bit pattern, so it is exact.
-    """
+    """Inverted-dropout multiplier of `shape`: each entry independently 1/(1-p) with probability 1-p, else 0
+    (`keep_words` then `keep_values`)."""
     n = math.prod(shape)
-    keep = 1.0 - p
-    scale_bits = int(torch.tensor(1.0 / keep, dtype=torch.float32).view(torch.int32))
-    if keep == 0.5:  # bits 0..30 of both int32 halves of a 63-bit draw; bit j of word i -> entry j * words + i
-        words = -(-n // 31)
-        w = torch.empty(-(-words // 2), dtype=torch.int64, device=device).random_().view(torch.int32)[:words]
-        shift = (30 - torch.arange(31, dtype=torch.int32, device=device))[:, None]  # (31, 1)
-        out = torch.bitwise_left_shift(w[None, :], shift).bitwise_and_(scale_bits)  # (31, words): 2.0 or 0.0 bits
-    else:  # one 31-bit uniform per entry: keep iff it is below the threshold
-        w = torch.empty(-(-n // 2), dtype=torch.int64, device=device).random_().view(torch.int32)[:n]
-        threshold = round(keep * 2 ** 31)
-        out = w.bitwise_and(0x7FFFFFFF).sub_(threshold).bitwise_right_shift_(31).bitwise_and_(scale_bits)
-    return out.reshape(-1)[:n].view(torch.float32).view(shape).to(dtype)
+    return keep_values(keep_words(n, p, device), n, p)[:n].view(shape).to(dtype)
+
+
+class Workspace:
+    """Scratch memory reused across calls: one flat buffer per name, grown when a call needs more.
+
+    A fresh large CPU tensor is expensive: the kernel faults in and zeroes every new page (measured on the 2-core
+    benchmark VM: ~1.5 ms per MB, against ~0.2 ms per MB to overwrite memory that is already mapped; glibc maps
+    every block over 32 MB anew and unmaps it on free). The fast path's (rows × E) temporaries live only within one
+    forward or one backward call, so they take their memory from here. A buffer is valid until the next `get` of
+    the same name; no caller lets one escape its call. One per R2Block (a model runs one step at a time); it holds
+    the largest request per name for the model's lifetime (~1 GB at the QVHighlights shape, batch 32: less than the
+    float masks the fast path saved before). Scratch, not state: a deep copy starts empty.
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def __deepcopy__(self, memo) -> "Workspace":
+        return Workspace()
+
+    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat tensor of at least `numel` entries of `dtype` on `device` (contents undefined)."""
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        buf = self._buffers.get(name)
+        if buf is None or buf.device != device or buf.numel() < nbytes:
+            buf = self._buffers[name] = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        return buf[:nbytes].view(dtype)
 
 
 class Dropout(nn.Dropout):
@@ -186,24 +244,27 @@ class FeatureInput(torch.autograd.Function):
     """z = Linear(mask ⊙ LayerNorm([x, tef])) on every token row, fused; x is never differentiated (CLIP is frozen).
 
     x (B, T, P+1, Dv) any float dtype (the cache's fp16), n_frames (B,) real frames per sample (padded frames read
-    as zeros), tef (B, T, 2) or None, LayerNorm weight/bias (E,), Linear weight (C, E) / bias (C,), mask
-    (B, T, P+1, E) from `keep_mask` or None (eval / p = 0), eps. E = Dv + 2 with a TEF, else Dv. -> z (B, T, P+1, C)
-    (the autocast dtype under autocast, like nn.Linear; else float32).
+    as zeros) or None (no padding), tef (B, T, 2) or None, LayerNorm weight/bias (E,), Linear weight (C, E) / bias
+    (C,), words: `keep_words` of the (B, T, P+1, E) dropout mask with probability p, or None (eval / p = 0), eps,
+    a `Workspace`. E = Dv + 2 with a TEF, else Dv. -> z (B, T, P+1, C) (the autocast dtype under autocast, like
+    nn.Linear; else float32).
 
-    Forward: one fp32 buffer (rows × E) holds x, then x - mean, then the normalised rows, then the affine and the
-    mask, and feeds the GEMM; the TEF columns' contribution to mean and variance is added analytically (two-pass:
-    mean first, then the centred sum of squares). Backward: with u = mask ⊙ x̂ rebuilt in that buffer from x,
-    A1 = Gᵀu and A2 = Gᵀmask (Gᵀ1 without a mask) give dW = A1·γ + A2·β, dγ = Σ_c W ⊙ A1, dβ = Σ_c W ⊙ A2 —
-    the same gradients as autograd through LN -> Dropout -> Linear, with two (C × E) products instead of the
-    (rows × E) input gradient.
+    Forward: one fp32 workspace buffer (rows × E) holds x, then x - mean, then the normalised rows, then the affine
+    and the mask, and feeds the GEMM; the TEF columns' contribution to mean and variance is added analytically
+    (two-pass: mean first, then the centred sum of squares). The mask is expanded from its random words into a
+    second workspace buffer; only the words are saved (n/8 bytes at p = 0.5). Backward: with u = mask ⊙ x̂ rebuilt
+    in the first buffer from x, A1 = Gᵀu and A2 = Gᵀmask (Gᵀ1 without a mask) give dW = A1·γ + A2·β,
+    dγ = Σ_c W ⊙ A1, dβ = Σ_c W ⊙ A2 — the same gradients as autograd through LN -> Dropout -> Linear, with two
+    (C × E) products instead of the (rows × E) input gradient, and no (rows × E) tensor allocated.
     """
 
     @staticmethod
-    def _normalised(x, n_frames, tef, eps, mean=None, rstd=None):
-        """fp32 (B, T, P, E) buffer of x̂ = (x - mean) * rstd (TEF columns included); computes mean/rstd if None."""
+    def _normalised(x, n_frames, tef, eps, workspace, mean=None, rstd=None):
+        """fp32 (B, T, P, E) workspace view of x̂ = (x - mean) * rstd (TEF columns included); computes mean/rstd
+        if None."""
         b, t, p, d = x.shape
         e = d + (2 if tef is not None else 0)
-        y = torch.empty(b, t, p, e, dtype=torch.float32, device=x.device)
+        y = workspace.get("rows", b * t * p * e, torch.float32, x.device).view(b, t, p, e)
         yx = y[..., :d]
         yx.copy_(x)
         if n_frames is not None:  # padding reads as zeros (what the plain path's torch.where does)
@@ -229,48 +290,142 @@ class FeatureInput(torch.autograd.Function):
         return y, mean, rstd
 
     @staticmethod
-    def forward(ctx, x, n_frames, tef, gamma, beta, weight, bias, mask, eps):
+    def _mask(words, p, shape, workspace, device):
+        """The dropout multiplier (B, T, P, E) of `words`, expanded into the workspace's "mask" buffer."""
+        n = math.prod(shape)
+        size = 31 * words.numel() if 1.0 - p == 0.5 else n
+        return keep_values(words, n, p, out=workspace.get("mask", size, torch.int32, device)).view(shape)
+
+    @staticmethod
+    def _low_precision(rows, amp, workspace):
+        """rows (R, E) fp32 -> the autocast dtype, in the workspace's "rows_amp" buffer."""
+        out = workspace.get("rows_amp", rows.numel(), amp, rows.device).view(rows.shape)
+        return out.copy_(rows)
+
+    @staticmethod
+    def forward(ctx, x, n_frames, tef, gamma, beta, weight, bias, words, p, eps, workspace):
         amp = _amp_dtype(x.device)
-        y, mean, rstd = FeatureInput._normalised(x, n_frames, tef, eps)
-        y.mul_(gamma.float()).add_(beta.float())
-        if mask is not None:
-            y.mul_(mask)
+        y, mean, rstd = FeatureInput._normalised(x, n_frames, tef, eps, workspace)
+        torch.addcmul(beta.float(), y, gamma.float(), out=y)  # x̂·γ + β, in place
+        if words is not None:
+            y.mul_(FeatureInput._mask(words, p, y.shape, workspace, x.device))
         rows = y.view(-1, y.size(-1))  # (R, E)
         with torch.autocast(x.device.type, enabled=False):
             if amp is None:
                 z = torch.addmm(bias.float(), rows, weight.float().t())
             else:
-                z = torch.addmm(bias.to(amp), rows.to(amp), weight.to(amp).t())
-        ctx.save_for_backward(x, n_frames, tef, gamma, beta, weight, mask, mean, rstd)
-        ctx.eps, ctx.amp = eps, amp
+                z = torch.addmm(bias.to(amp), FeatureInput._low_precision(rows, amp, workspace), weight.to(amp).t())
+        ctx.save_for_backward(x, n_frames, tef, gamma, beta, weight, words, mean, rstd)
+        ctx.eps, ctx.p, ctx.amp, ctx.workspace = eps, p, amp, workspace
         return z.view(*x.shape[:3], -1)
 
     @staticmethod
     def backward(ctx, grad):
-        x, n_frames, tef, gamma, beta, weight, mask, mean, rstd = ctx.saved_tensors
+        x, n_frames, tef, gamma, beta, weight, words, mean, rstd = ctx.saved_tensors
         need_gamma, need_beta, need_w, need_b = ctx.needs_input_grad[3:7]
         g = grad.reshape(-1, grad.size(-1))  # (R, C)
-        dtype = ctx.amp or torch.float32
+        dtype, ws = ctx.amp or torch.float32, ctx.workspace
         with torch.autocast(x.device.type, enabled=False):
             g = g.to(dtype)
             d_bias = g.float().sum(dim=0) if need_b else None
             d_gamma = d_beta = d_weight = None
             if need_gamma or need_beta or need_w:
-                u, _, _ = FeatureInput._normalised(x, n_frames, tef, ctx.eps, mean, rstd)
+                u, _, _ = FeatureInput._normalised(x, n_frames, tef, ctx.eps, ws, mean, rstd)
+                mask = FeatureInput._mask(words, ctx.p, u.shape, ws, x.device) if words is not None else None
                 if mask is not None:
                     u.mul_(mask)
                 e = u.size(-1)
-                a1 = (g.t() @ u.view(-1, e).to(dtype)).float()  # (C, E) = Gᵀ(mask ⊙ x̂)
-                del u
-                if mask is not None:
-                    a2 = (g.t() @ mask.view(-1, e).to(dtype)).float()  # (C, E) = Gᵀ mask
+                rows = u.view(-1, e)  # (R, E)
+                a1 = (g.t() @ (rows if ctx.amp is None else FeatureInput._low_precision(rows, dtype, ws))).float()
+                if mask is not None:  # (C, E) = Gᵀ(mask ⊙ x̂), Gᵀ mask
+                    rows = mask.view(-1, e)
+                    a2 = (g.t() @ (rows if ctx.amp is None else FeatureInput._low_precision(rows, dtype, ws))).float()
                 else:
                     a2 = g.float().sum(dim=0)[:, None]  # (C, 1) = Gᵀ1
                 w = weight.float()
                 d_weight = a1 * gamma.float() + a2 * beta.float() if need_w else None
                 d_gamma = (w * a1).sum(dim=0) if need_gamma else None
                 d_beta = (w * a2).sum(dim=0) if need_beta else None
-        return None, None, None, d_gamma, d_beta, d_weight, d_bias, None, None
+        return None, None, None, d_gamma, d_beta, d_weight, d_bias, None, None, None, None
+
+
+class TokenMap(torch.autograd.Function):
+    """y = mask ⊙ LayerNorm(ReLU(z)) on every token row: video_map's middle (ReLU -> LN -> Dropout), fused.
+
+    z (B, T, P+1, C) the first Linear's output (`FeatureInput`), LayerNorm weight/bias (C,), words: `keep_words` of
+    the (B, T, P+1, C) mask with probability p, or None, eps, a `Workspace`. -> y (B, T, P+1, C) float32 (as the
+    plain path: LayerNorm runs in fp32 under autocast).
+
+    Autograd through the three modules keeps ReLU(z), the LN output's input and the float mask, and allocates three
+    (rows × C) gradients; this saves z (already allocated by the GEMM) and the mask's random words, recomputes
+    ReLU(z) into the workspace, and allocates only dz. LayerNorm forward/backward are torch's own kernels
+    (native_layer_norm[_backward]), so the values are the plain path's.
+    """
+
+    @staticmethod
+    def forward(ctx, z, gamma, beta, words, p, eps, workspace):
+        c = z.size(-1)
+        act = workspace.get("act", z.numel(), torch.float32, z.device).view(z.shape).copy_(z).clamp_min_(0)
+        y, mean, rstd = torch.native_layer_norm(act, (c,), gamma.float(), beta.float(), eps)
+        if words is not None:
+            y.mul_(FeatureInput._mask(words, p, y.shape, workspace, z.device))
+        ctx.save_for_backward(z, gamma, beta, words, mean, rstd)
+        ctx.p, ctx.eps, ctx.workspace = p, eps, workspace
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, gamma, beta, words, mean, rstd = ctx.saved_tensors
+        ws = ctx.workspace
+        if words is not None:  # through the dropout: dn = mask ⊙ dy
+            mask = FeatureInput._mask(words, ctx.p, grad.shape, ws, z.device)
+            grad = torch.mul(grad, mask, out=ws.get("grad", grad.numel(), torch.float32, z.device).view(grad.shape))
+        act = ws.get("act", z.numel(), torch.float32, z.device).view(z.shape).copy_(z).clamp_min_(0)  # ReLU(z)
+        d_act, d_gamma, d_beta = torch.ops.aten.native_layer_norm_backward(
+            grad, act, (z.size(-1),), mean, rstd, gamma.float(), beta.float(), list(ctx.needs_input_grad[:3]))
+        if d_act is not None:
+            d_act.masked_fill_(z <= 0, 0.0)  # ReLU'(z): the plain path's threshold_backward (0 at z = 0)
+        return d_act, d_gamma, d_beta, None, None, None, None
+
+
+class SpatialPool(torch.autograd.Function):
+    """The two token contractions of the rewritten spatial pooling, fused, with the [CLS] row (SPEC §3, eq. 4-5).
+
+    y (B, T, P+1, C) video_map's rows before its last Linear, q2 (B, L, C) = (W_q q + b_q) W_v W2, const (B, L)
+    (the logits' term that is the same for every token). -> y_cls (B, T, C) = y[:, :, 0] and pooled (B, T, L, C)
+    = A·y with A = softmax_p((q2·y_p + const) / sqrt(C)) (B, T, L, P+1).
+
+    Autograd through the two einsums and the [CLS] select gives y three (rows × C) gradients (two bmm outputs and
+    a zero-filled select gradient) and adds them; this backward writes the one dy in place — dy = dlogits q2 (a
+    bmm into dy), += Aᵀ d_pooled (baddbmm_ into dy), += d_cls on the [CLS] rows — and saves only y, q2 and A.
+    """
+
+    @staticmethod
+    def forward(ctx, y, q2, const):
+        b, t, p, c = y.shape
+        logits = (torch.einsum("blc,btpc->btlp", q2, y) + const[:, None, :, None]) / math.sqrt(c)  # (B, T, L, P+1)
+        attn = logits.softmax(dim=-1)
+        pooled = torch.einsum("btlp,btpc->btlc", attn, y)  # (B, T, L, C)
+        ctx.save_for_backward(y, q2, attn)
+        return y[:, :, 0].contiguous(), pooled
+
+    @staticmethod
+    def backward(ctx, d_cls, d_pooled):
+        y, q2, attn = ctx.saved_tensors
+        b, t, p, c = y.shape
+        l = q2.size(1)
+        # in y's dtype (fp32 under AMP too, where q2 and pooled are the autocast dtype)
+        q2, attn, d_pooled, d_cls = (x.to(y.dtype) for x in (q2, attn, d_pooled, d_cls))
+        d_attn = torch.einsum("btlc,btpc->btlp", d_pooled, y)  # (B, T, L, P+1)
+        d_logits = attn * (d_attn - (attn * d_attn).sum(dim=-1, keepdim=True)) / math.sqrt(c)  # softmax backward
+        d_const = d_logits.sum(dim=(1, 3))  # (B, L)
+        d_q2 = torch.einsum("btlp,btpc->blc", d_logits, y)  # (B, L, C)
+        dy = torch.bmm(d_logits.permute(0, 1, 3, 2).reshape(b, t * p, l), q2)  # (B, T·(P+1), C): dlogits q2
+        dy = dy.view(b * t, p, c)  # (B·T, P+1, C)
+        dy.baddbmm_(attn.view(b * t, l, p).transpose(1, 2), d_pooled.reshape(b * t, l, c))  # += Aᵀ d_pooled
+        dy = dy.view(b, t, p, c)
+        dy[:, :, 0] += d_cls
+        return dy, d_q2, d_const
 
 
 class R2Block(nn.Module):
@@ -291,6 +446,7 @@ class R2Block(nn.Module):
         self.gate = nn.Parameter(torch.zeros(cfg.layers - 1))
         self.temporal = TemporalLayer(c, cfg.heads, cfg.ffn_ratio, cfg.droppath)
         self.fast = True  # the fused / rewritten path (module docstring); False: the plain op-by-op path
+        self.workspace = Workspace()  # the fast path's scratch memory (not state: not saved, not copied to a device)
 
     def spatial_pool(self, v: torch.Tensor, q: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
         """Query-modulated spatial pooling (paper eq. 4-5), before the tanh(scale) weighting.
@@ -303,34 +459,37 @@ class R2Block(nn.Module):
         o = o.masked_fill(~query_mask[:, None, :, None], torch.finfo(o.dtype).min)
         return o.amax(dim=2)  # (B, T, C)
 
-    def spatial_pool_fast(self, y: torch.Tensor, q: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    def spatial_pool_fast(self, y: torch.Tensor, q: torch.Tensor,
+                          query_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`spatial_pool` on v = W2 y + b2 (W2, b2: video_map's last Linear) without computing v for every token.
 
-        y (B, T, P+1, C) video_map's input to that Linear, q (B, L, C) -> e_token (B, T, C). Exact rewrite (module
-        docstring): logits = ((W_q q + b_q) W_v W2)·y_p + const_l, A·v = (A·y) W2ᵀ + b2.
+        y (B, T, P+1, C) video_map's input to that Linear, q (B, L, C) -> (v[:, :, 0] (B, T, C), e_token (B, T, C)).
+        Exact rewrite (module docstring): logits = ((W_q q + b_q) W_v W2)·y_p + const_l, A·v = (A·y) W2ᵀ + b2.
         """
         last = self.video_map[6]
         qk = self.w_q(q)  # (B, L, C)
         q1 = qk @ self.w_v.weight  # (B, L, C): W_vᵀ applied to each query row
         q2 = q1 @ last.weight  # (B, L, C)
         const = qk @ self.w_v.bias + q1 @ last.bias  # (B, L): the same for every token p, softmax drops it
-        logits = (torch.einsum("blc,btpc->btlp", q2, y) + const[:, None, :, None]) / math.sqrt(y.size(-1))
-        pooled = torch.einsum("btlp,btpc->btlc", logits.softmax(dim=-1), y)  # (B, T, L, C) = A·y
+        y_cls, pooled = SpatialPool.apply(y, q2, const)  # (B, T, C), (B, T, L, C) = A·y
         o = last(pooled) + q[:, None]  # (B, T, L, C) = A·v + q
         o = o.masked_fill(~query_mask[:, None, :, None], torch.finfo(o.dtype).min)
-        return o.amax(dim=2)  # (B, T, C)
+        return last(y_cls), o.amax(dim=2)  # (B, T, C) each
 
     def _video_step_fast(self, x: torch.Tensor, n_frames: torch.Tensor | None,
                          tef: torch.Tensor | None) -> torch.Tensor:
-        """video_map up to (not including) its last Linear: x (B, T, P+1, Dv) -> y (B, T, P+1, C)."""
-        norm, drop = self.video_map[0], self.video_map[1]
-        mask = None
-        if self.training and drop.p > 0:
-            e = x.size(-1) + (2 if tef is not None else 0)
-            mask = keep_mask((*x.shape[:3], e), drop.p, x.device)  # the plain path's first mask, same draw
-        linear = self.video_map[2]
-        z = FeatureInput.apply(x, n_frames, tef, norm.weight, norm.bias, linear.weight, linear.bias, mask, norm.eps)
-        return self.video_map[5](self.video_map[4](self.video_map[3](z)))  # ReLU -> LN -> Dropout
+        """video_map up to (not including) its last Linear: x (B, T, P+1, Dv) -> y (B, T, P+1, C).
+
+        `FeatureInput` (LN -> Dropout -> Linear) then `TokenMap` (ReLU -> LN -> Dropout); the two masks are drawn
+        in the plain path's order (its two Dropout modules)."""
+        norm, drop, linear, norm2, drop2 = (self.video_map[i] for i in (0, 1, 2, 4, 5))
+        train = self.training and drop.p > 0
+        e = x.size(-1) + (2 if tef is not None else 0)
+        words = keep_words(math.prod((*x.shape[:3], e)), drop.p, x.device) if train else None
+        z = FeatureInput.apply(x, n_frames, tef, norm.weight, norm.bias, linear.weight, linear.bias, words, drop.p,
+                               norm.eps, self.workspace)  # (B, T, P+1, C)
+        words = keep_words(z.numel(), drop2.p, z.device) if self.training and drop2.p > 0 else None
+        return TokenMap.apply(z, norm2.weight, norm2.bias, words, drop2.p, norm2.eps, self.workspace)
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor,
                 query_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -339,7 +498,7 @@ class R2Block(nn.Module):
         Returns `hidden` h (B, T, C) after the last (shallowest) step, `video_cls` (B, K, T, C) and `query_maps`
         (B, K, L, C): each step's mapped [CLS] row and query tokens, in layer order.
         """
-        if self.fast:
+        if self.fast and not torch.compiler.is_compiling():
             return self._forward_fast(video, video_mask, query, query_mask)
         return self._forward_plain(video, video_mask, query, query_mask)
 
@@ -356,9 +515,9 @@ class R2Block(nn.Module):
         for k in reversed(range(k_layers)):  # deepest tapped layer first (SPEC §3)
             y = self._video_step_fast(video[:, k], padded, tef)  # (B, T, P+1, C), before video_map's last Linear
             q = self.query_map(torch.where(token_keep, query[:, k].float(), 0.0))  # (B, L, C)
-            cls = self.video_map[6](y[:, :, 0])  # (B, T, C) = v[:, :, 0]
+            cls, pooled = self.spatial_pool_fast(y, q, query_mask)  # (B, T, C) = v[:, :, 0], e_token
             video_cls[k], query_maps[k] = cls, q
-            f = cls + self.scale[k].tanh() * self.spatial_pool_fast(y, q, query_mask)  # (B, T, C)
+            f = cls + self.scale[k].tanh() * pooled  # (B, T, C)
             if h is not None:
                 g = self.gate[k].sigmoid()
                 f = g * f + (1 - g) * h

@@ -42,8 +42,12 @@ class R2Model(nn.Module):
         for name, mask, shape in (("video_mask", video_mask, (b, t)), ("query_mask", query_mask, (b, query.shape[2]))):
             if mask.dtype != torch.bool or tuple(mask.shape) != shape:
                 raise ValueError(f"{name} is {mask.dtype} {tuple(mask.shape)}; expected torch.bool {shape}")
-            if not bool(mask.any(dim=1).all()) or not bool(_is_prefix(mask).all()):
-                raise ValueError(f"{name}: every sample needs a non-empty prefix of True (real items first, then padding)")
+            ok = mask.any(dim=1).all() & _is_prefix(mask).all()
+            why = f"{name}: every sample needs a non-empty prefix of True (real items first, then padding)"
+            if torch.compiler.is_compiling():  # a check in the graph (RuntimeError at run time), not a graph break
+                torch._assert_async(ok, why)
+            elif not bool(ok):
+                raise ValueError(why)
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor,
                 query_mask: torch.Tensor) -> dict[str, torch.Tensor]:
