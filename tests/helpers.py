@@ -9,6 +9,10 @@ from pathlib import Path
 from r2.video import ffmpeg_exe
 
 REPO = Path(__file__).resolve().parents[1]
+# The authors' golden files (tests/test_reference.py, tests/test_official.py)
+REFERENCE = Path(os.environ.get("R2_REFERENCE", REPO.parent / "shared" / "reference"))
+# train/fit.py flags of a one-epoch run small enough for a test (the sweep tests pass them to every trial)
+FAST = ["--epochs", "1", "--batch-size", "4", "--hidden", "64", "--workers", "0", "--no-progress"]
 
 
 def make_video(path: Path, source: str, seconds: float, *extra: str, size: str = "64x48", rate: int = 4) -> Path:
@@ -56,3 +60,20 @@ def load_cli(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def layout(t: int, n_frames: list[int], strides=(1, 2, 4, 8)):
+    """Points of a padded length t as the model lays them out, and each sample's point mask ((p + 1) * s <= T_b)."""
+    import torch
+
+    points, point_strides, position = [], [], []
+    for s in strides:
+        for p in range(t // s):
+            points.append(p * s)
+            point_strides.append(s)
+            position.append(p)
+    points = torch.tensor(points, dtype=torch.float32)
+    point_strides = torch.tensor(point_strides, dtype=torch.float32)
+    position = torch.tensor(position, dtype=torch.float32)
+    mask = torch.stack([(position + 1) * point_strides <= n for n in n_frames])  # (B, N)
+    return points, point_strides, mask

@@ -7,7 +7,8 @@ import pytest
 
 from r2 import app
 from r2.predict import display_json
-from tests.test_predict import demo, one_thread, predictor, tiny  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one_thread, demo and predictor: tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 

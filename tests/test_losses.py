@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from r2.losses import Criterion, LossConfig, focal_loss, info_nce_loss, loss_config_for, sampled_nce_loss
-from tests.test_targets import layout
+from tests.helpers import layout
 
 TAU = 0.07
 

@@ -19,8 +19,11 @@ from r2.cache import Cache
 from r2.checkpoint import build_model, check_compatible, load_checkpoint
 from r2.errors import CheckpointError, R2Error
 from r2.official_features import ImportConfig, import_features
-from tests.test_reference import REFERENCE
+from tests.helpers import REFERENCE
 
+if not REFERENCE.is_dir():  # a skip on a user's machine; in CI (tests/conftest.py) a skip is a failure
+    pytest.skip(f"the authors' golden files are not at {REFERENCE}: set R2_REFERENCE to the folder holding "
+                f"official_qvh_vitb32.pth and the official_*_case.pt files", allow_module_level=True)
 REPO = Path(__file__).resolve().parents[1]
 QVH_PTH = REFERENCE / "official_qvh_vitb32.pth"
 

@@ -16,49 +16,16 @@ from torch.utils.data import DataLoader
 
 import r2
 from r2 import clip, predict, video, viz
-from r2.cache import Cache
 from r2.data import GroundingDataset, collate
 from r2.decode import DecodeConfig, decode
-from r2.extract import ExtractConfig, extract
 from r2.predict import (ENCODE_CHUNK, FeatureCache, Moment, Prediction, PredictError, Predictor, QueryPrediction,
                         average_saliency, display_json, format_table, merge_moments, window_starts)
-from r2.train import Trainer, TrainConfig
 from r2.engine import predict_split as trained_predict
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are small: one intra-op thread is faster, and on a loaded machine far faster (no threads
-    spinning while they wait for a core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return clip.load_clip("tiny")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, tiny):
-    """A demo cache of 8 generated videos, a checkpoint trained on it for one epoch, and the video folder."""
-    root = tmp_path_factory.mktemp("predict")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(clip, "load_clip", lambda spec, device="cpu": tiny)  # the same tiny CLIP, loaded once
-        extract(ExtractConfig(dataset="demo", out=root / "demo.h5", clip="tiny", demo_videos=8, progress=False))
-    Trainer(TrainConfig(cache=str(root / "demo.h5"), epochs=1, batch_size=4, hidden=64, workers=0, progress=False,
-                        out=str(root / "run"))).fit()
-    return {"root": root, "cache": Cache(root / "demo.h5"), "checkpoint": root / "run" / "best.pt",
-            "videos": root / "demo" / "videos", "val": root / "demo" / "val.jsonl"}
-
-
-@pytest.fixture(scope="module")
-def predictor(demo, tiny):
-    return Predictor(demo["checkpoint"], clip=tiny, device="cpu", feature_cache=demo["root"] / "features")
+pytestmark = pytest.mark.usefixtures("one_thread")  # one_thread, tiny, demo and predictor: tests/conftest.py
 
 
 def _val_records(demo) -> dict[str, list[dict]]:

@@ -5,8 +5,6 @@ at 03fbcf6, nncore 0.4.4); their README documents every key and the tolerances u
 never copied into the repository.
 """
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +17,8 @@ from r2.losses import Criterion, loss_config_for
 from r2.model import R2Config, R2Model, config_for
 from r2.official import to_r2_state_dict
 from r2.targets import clean_windows, point_targets
+from tests.helpers import REFERENCE
 
-REFERENCE = Path(os.environ.get("R2_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 if not REFERENCE.is_dir():  # a skip on a user's machine; in CI (tests/conftest.py) a skip is a failure
     pytest.skip(f"the authors' golden files are not at {REFERENCE}: set R2_REFERENCE to the folder holding "
                 f"official_qvh_vitb32.pth and the official_*_case.pt files", allow_module_level=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_sweep import FAST, demo_cache  # noqa: F401  (a module fixture: the 6-video demo cache)
+from tests.helpers import FAST  # demo_cache (the session's 8-video demo cache): tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -38,7 +38,7 @@ def alive(pid: int) -> bool:
     return state not in "ZX"  # a zombie has stopped; only its exit status is left to collect
 
 
-def test_interrupted_sweep_keeps_its_table_and_the_same_command_resumes(demo_cache, tmp_path):  # noqa: F811
+def test_interrupted_sweep_keeps_its_table_and_the_same_command_resumes(demo_cache, tmp_path):
     out = tmp_path / "sweep"
     cmd = sweep_cmd(demo_cache, out, "--grid", "seed=1,2,3", "--epochs", "3")  # two trials left to interrupt
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -63,7 +63,7 @@ def test_interrupted_sweep_keeps_its_table_and_the_same_command_resumes(demo_cac
     assert other.returncode == 2 and "holds another sweep" in other.stderr
 
 
-def test_killing_a_parallel_sweep_kills_its_trials(demo_cache, tmp_path):  # noqa: F811
+def test_killing_a_parallel_sweep_kills_its_trials(demo_cache, tmp_path):
     out = tmp_path / "sweep"
     cmd = sweep_cmd(demo_cache, out, "--grid", "seed=1,2", "--trials-parallel", "2", "--epochs", "200")
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

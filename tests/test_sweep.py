@@ -1,32 +1,19 @@
 """r2.sweep / train/sweep.py: grid parsing, trial naming and sampling, ranking, and real sweeps on a tiny demo cache
 (a 2x2 grid with two trials at a time, and a sweep whose trials fail)."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from r2.extract import ExtractConfig, extract
 from r2.sweep import SweepConfig, make_trials, parse_grid, rank, run_sweep, to_markdown
+from tests.helpers import FAST, load_cli
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--epochs", "1", "--batch-size", "4", "--hidden", "64", "--workers", "0", "--no-progress"]
 
 
 def _sweep_cli():
-    spec = importlib.util.spec_from_file_location("sweep_cli", REPO / "train" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sweep") / "demo.h5"
-    summary = extract(ExtractConfig(dataset="demo", out=out, clip="tiny", demo_videos=6, progress=False))
-    assert summary.failed == 0
-    return out
+    return load_cli("train/sweep.py")  # demo_cache (the session's 8-video demo cache): tests/conftest.py
 
 
 # ----------------------------------------------------------------------------------------------- grid

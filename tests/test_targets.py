@@ -3,21 +3,7 @@ import pytest
 import torch
 
 from r2.targets import clean_windows, point_targets
-
-
-def layout(t: int, n_frames: list[int], strides=(1, 2, 4, 8)):
-    """Points of a padded length t as the model lays them out, and each sample's point mask ((p + 1) * s <= T_b)."""
-    points, point_strides, position = [], [], []
-    for s in strides:
-        for p in range(t // s):
-            points.append(p * s)
-            point_strides.append(s)
-            position.append(p)
-    points = torch.tensor(points, dtype=torch.float32)
-    point_strides = torch.tensor(point_strides, dtype=torch.float32)
-    position = torch.tensor(position, dtype=torch.float32)
-    mask = torch.stack([(position + 1) * point_strides <= n for n in n_frames])  # (B, N)
-    return points, point_strides, mask
+from tests.helpers import layout
 
 
 def positives(cls, points, strides, b, s):
