@@ -250,3 +250,14 @@ def test_warmup_is_capped_and_config_json_holds_resolved_values(run3, demo, tmp_
     with pytest.warns(UserWarning, match=rf"--warmup-iters 1000 is longer than the run \({total} iterations\)"):
         Trainer(TrainConfig(cache=str(demo), epochs=3, warmup_iters=1000, lr_drop=-1, out=str(tmp_path / "w"),
                             **SMALL))
+
+
+@pytest.mark.slow  # torch.compile's first compilation: minutes on a loaded 2-core machine
+def test_compile_trains_one_epoch_and_saves_the_plain_model(demo, tmp_path):
+    out = tmp_path / "compiled"
+    trainer = Trainer(TrainConfig(cache=str(demo), epochs=1, compile=True, out=str(out), **SMALL))
+    assert trainer.train_model is not trainer.model and trainer.train_model._orig_mod is trainer.model
+    best = trainer.fit()
+    assert best["epoch"] == 1 and len(log_rows(out)) == 1
+    saved = load_checkpoint(out / "best.pt")["model"]
+    assert set(saved) == set(trainer.model.state_dict())  # no "_orig_mod." prefix: any r2 command reads it

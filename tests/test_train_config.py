@@ -125,3 +125,14 @@ def test_a_device_this_machine_lacks_is_refused():
     with pytest.raises(ConfigError, match=f"^--device cuda:{count}: "):
         pick_device(f"cuda:{count}")
     assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_a_resumed_run_may_switch_compile_but_not_the_lr():
+    from r2.train import resumed_config
+
+    saved = TrainConfig(cache="c.h5", epochs=3, lr=1e-3, out="runs/x")
+    ckpt = {"config": dataclasses.asdict(saved), "epoch": 1}
+    resumed = resumed_config(TrainConfig(cache="c.h5", resume="runs/x", compile=True), ckpt)
+    assert resumed.compile and resumed.lr == 1e-3 and resumed.epochs == 3
+    with pytest.raises(ConfigError, match="^--lr 0.002: --resume runs/x continues the run with its own settings"):
+        resumed_config(TrainConfig(cache="c.h5", resume="runs/x", lr=2e-3), ckpt)
