@@ -326,6 +326,12 @@ def _why_empty(data: GroundingDataset, out_of_domain: int, domain: str | None) -
     return f"{total} records, " + ", ".join(f"{n} {why}" for n, why in counts if n) + f"; {advice}"
 
 
+def query_counts(preds: list[dict], data: GroundingDataset) -> dict[str, int]:
+    """How many queries were scored, how many the split has (its usable records and those without cached
+    features), and how many of those are missing: the metrics say what they were computed on."""
+    return {"scored": len(preds), "expected": len(data.records) + data.missing, "missing": data.missing}
+
+
 def predictions_name(dataset: str, split: str) -> str:
     return f"hl_{split}_submission.jsonl" if dataset == "qvhighlights" else f"{split}_preds.jsonl"
 
@@ -417,8 +423,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: s
     out.mkdir(parents=True, exist_ok=True)
     metrics.write_submission(out / predictions_name(cache.dataset, split), preds)
     (out / f"{split}_metrics.json").write_text(json.dumps(
-        {"split": split, "checkpoint": str(checkpoint), "cache": str(cache_path), "scored": len(preds),
-         "expected": len(data.records) + data.missing, "missing": data.missing, **scores}, indent=2))
+        {"split": split, "checkpoint": str(checkpoint), "cache": str(cache_path), **query_counts(preds, data),
+         **scores}, indent=2))
     return scores, out
 
 
@@ -587,7 +593,8 @@ class Trainer:
             self._save(self.out / "best.pt", full=False)
             metrics.write_submission(self.out / predictions_name(self.cache.dataset, cfg.eval_split), preds)
             (self.out / "metrics.json").write_text(json.dumps(
-                {"epoch": self.epoch, "split": cfg.eval_split, "headline": self.best["metric"], **scores}, indent=2))
+                {"epoch": self.epoch, "split": cfg.eval_split, "headline": self.best["metric"],
+                 **query_counts(preds, self.eval_set), **scores}, indent=2))
             if self.link_latest:
                 link_latest(self.out, Path(cfg.cache).stem)
                 self.link_latest = False

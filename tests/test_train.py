@@ -75,6 +75,7 @@ def test_run_folder_holds_everything(run3, demo):
     preds = [json.loads(line) for line in (run3 / "val_preds.jsonl").read_text().splitlines()]
     gt = Cache(demo).records("val")
     assert sorted(p["qid"] for p in preds) == sorted(r["qid"] for r in gt)
+    assert (best["scored"], best["expected"], best["missing"]) == (len(gt), len(gt), 0)  # every val query scored
     ckpt = load_checkpoint(run3 / "best.pt")  # weights_only load
     assert ckpt["epoch"] == best["epoch"] and ckpt["train_frames"] > 0
 
