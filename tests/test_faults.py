@@ -131,6 +131,7 @@ def test_merge_rebuilds_a_lost_entry_and_reports_a_missing_shard(corpus, clean, 
 
 
 
+@pytest.mark.slow  # repeated extractions killed and resumed
 def test_extraction_killed_at_random_points_then_resumed(corpus, clean, tmp_path):
     """SIGKILL the extractor three times at random moments while it writes, resume each time: every video exactly
     once, the cache verifies after every kill, and the features equal an uninterrupted extraction's."""
@@ -224,6 +225,7 @@ def _log_without_times(run_dir: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # two training runs, one killed
 def test_training_killed_mid_epoch_then_resumed_matches_uninterrupted(clean, tmp_path):
     straight = start(_fit_cmd(clean, tmp_path / "straight"))
     killed_dir = tmp_path / "killed"

@@ -38,6 +38,7 @@ def alive(pid: int) -> bool:
     return state not in "ZX"  # a zombie has stopped; only its exit status is left to collect
 
 
+@pytest.mark.slow  # sweep processes interrupted and rerun
 def test_interrupted_sweep_keeps_its_table_and_the_same_command_resumes(demo_cache, tmp_path):
     out = tmp_path / "sweep"
     cmd = sweep_cmd(demo_cache, out, "--grid", "seed=1,2,3", "--epochs", "3")  # two trials left to interrupt
@@ -63,6 +64,7 @@ def test_interrupted_sweep_keeps_its_table_and_the_same_command_resumes(demo_cac
     assert other.returncode == 2 and "holds another sweep" in other.stderr
 
 
+@pytest.mark.slow  # a parallel sweep process tree
 def test_killing_a_parallel_sweep_kills_its_trials(demo_cache, tmp_path):
     out = tmp_path / "sweep"
     cmd = sweep_cmd(demo_cache, out, "--grid", "seed=1,2", "--trials-parallel", "2", "--epochs", "200")

@@ -100,6 +100,7 @@ def test_sweep_config_errors(tmp_path):
 # ----------------------------------------------------------------------------------------------- real sweeps
 
 
+@pytest.mark.slow  # four trials in forked processes
 def test_sweep_2x2_parallel_ranks_its_trials(demo_cache, tmp_path, capsys):
     cli = _sweep_cli()
     out = tmp_path / "sweep"

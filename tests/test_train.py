@@ -80,6 +80,7 @@ def test_run_folder_holds_everything(run3, demo):
     assert ckpt["epoch"] == best["epoch"] and ckpt["train_frames"] > 0
 
 
+@pytest.mark.slow  # three more training runs
 def test_same_seed_same_metrics_and_resume_equals_uninterrupted(run3, demo, tmp_path):
     again = tmp_path / "again"
     Trainer(TrainConfig(cache=str(demo), epochs=3, out=str(again), **SMALL)).fit()
@@ -93,6 +94,7 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(run3, demo, tmp_
     assert json.loads((stopped / "metrics.json").read_text()) == json.loads((run3 / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # 30 epochs of training
 def test_trained_model_beats_untrained(demo, tmp_path):
     """A small config memorises the tiny training split: far better than the same model untrained."""
     cfg = TrainConfig(cache=str(demo), epochs=30, lr=2e-3, warmup_iters=10, lr_drop=-1, dropout=0.0, droppath=0.0,
@@ -133,6 +135,7 @@ def test_fit_cli_overrides_and_bad_cache(tmp_path):
     assert code.returncode == 2 and "no such cache" in code.stderr and "extract/run.py" in code.stderr
 
 
+@pytest.mark.slow  # two torchrun processes and a second run
 def test_two_process_gloo_matches_single_process(demo, tmp_path):
     """torchrun with 2 CPU processes (gloo), global batch 4 = 2 x 2, against one process with batch 4.
 
