@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from r2.errors import R2Error, command
+from r2.recipes import DATASETS, recipe
 from r2.fetch import fetch
 
 __all__ = ["BENCHMARKS", "FILES", "RAW_HOST", "SOURCES", "AnnotationFile", "DownloadError", "download",
@@ -32,7 +33,7 @@ SOURCES = {
     "moment_detr": ("jayleicn/moment_detr", "b7e553ac3b0c898ee6b85e03ee507c064eab89ca"),
     "cgdetr": ("wjun0830/CGDETR", "212b2e49a0893512930d63b9294a8c066347e606"),
 }
-BENCHMARKS = ("qvhighlights", "charades", "tacos", "ego4d", "youtube", "tvsum")
+BENCHMARKS = tuple(n for n in DATASETS if recipe(n).info.folder)  # the six with files under the data root
 
 
 class DownloadError(R2Error):
