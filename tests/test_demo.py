@@ -2,6 +2,8 @@
 videos show what the annotations say."""
 import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from r2.demo import CONCEPTS, DEFAULT_VIDEOS, DemoQuery, annotation, demo_video, make_demo
 from r2.video import decode
+from tests.helpers import REPO
 
 N = 8
 KEYS = ["qid", "query", "duration", "vid", "relevant_clip_ids", "saliency_scores", "relevant_windows"]
@@ -165,3 +168,20 @@ def test_video_with_two_identical_segments(tmp_path):
         red = out.frames[start // 2 : end // 2].astype(float).mean(axis=(1, 2))  # (n, 3)
         assert np.abs(red - SOLID_RGB["red"]).max() < 12
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{video.vid}.mp4"]  # no partial file left behind
+
+
+@pytest.mark.slow
+def test_readme_offline_first_command_trains_the_demo_past_r1_at_05_of_60(tmp_path):
+    """The README's offline first command, run as written in a fresh folder: generate and extract the default demo
+    with the tiny CLIP, train with the demo's defaults; the best epoch's val R1@0.5 is >= 60 (a few minutes)."""
+    command = "python extract/run.py --dataset demo --clip tiny && python train/fit.py --cache cache/demo.h5"
+    assert command in (REPO / "README.md").read_text()
+    for step in command.split(" && "):
+        _, script, *args = step.split()
+        done = subprocess.run([sys.executable, str(REPO / script), *args, "--no-progress"], cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "cache" / "demo" / "manifest.json").read_text())
+    assert manifest["n_videos"] == DEFAULT_VIDEOS
+    metrics = json.loads((tmp_path / "runs" / "demo-latest" / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["MR-full-R1@0.5"] >= 60, metrics
