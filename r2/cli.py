@@ -18,14 +18,9 @@ import types
 import typing
 from pathlib import Path
 
-from r2.errors import ConfigError, command
+from r2.errors import ConfigError, command, flag
 
 __all__ = ["add_fields", "field_type", "flag", "help_of", "shard"]
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a config field: batch_size -> --batch-size."""
-    return "--" + name.replace("_", "-")
 
 
 def field_type(config: type, name: str):

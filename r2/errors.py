@@ -6,7 +6,8 @@ import sys
 import warnings
 from typing import Callable
 
-__all__ = ["R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "command", "one_line_warning"]
+__all__ = ["R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "command", "flag",
+           "one_line_warning"]
 
 
 class R2Error(Exception):
@@ -29,6 +30,12 @@ class NotFoundError(R2Error, FileNotFoundError):
 
 class CheckpointError(R2Error):
     """A checkpoint that cannot be read or used as asked (not r2's or the authors' format, wrong features)."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field, as commands and their error messages spell it: batch_size ->
+    --batch-size."""
+    return "--" + name.replace("_", "-")
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None):

@@ -31,7 +31,7 @@ from r2.checkpoint import (build_model, cache_identity, check_compatible, check_
                            checkpoint_meta, load_checkpoint, save)
 from r2.data import MIN_TRAIN_SECONDS, GlobalBatchSampler, GroundingDataset, Preloaded, collate
 from r2.decode import DecodeConfig, decode_config_for
-from r2.errors import ConfigError
+from r2.errors import ConfigError, flag
 from r2.losses import Criterion, LossConfig, loss_config_for
 from r2.model import R2Config, R2Model, config_for
 from r2.recipes import DATASETS, by_dataset, recipe
@@ -41,11 +41,6 @@ from r2.runtime import (DEVICE, DEVICE_ALLOWED, pick_device, pick_precision, pre
 
 # A view of the recipes' schedules, for callers that index by name (bench/train.py); r2 reads recipe(name).schedule.
 SCHEDULES = {name: recipe(name).schedule for name in DATASETS}
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a TrainConfig field: batch_size -> --batch-size."""
-    return "--" + name.replace("_", "-")
 
 
 def _number(test: Callable[[float], bool]) -> Callable[[float], bool]:
