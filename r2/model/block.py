@@ -363,9 +363,15 @@ class TokenMap(torch.autograd.Function):
     """
 
     @staticmethod
+    def _relu(z, workspace):
+        """ReLU(z) in fp32, in the workspace's "act" buffer (one pass when z is fp32)."""
+        act = workspace.get("act", z.numel(), torch.float32, z.device).view(z.shape)
+        return torch.clamp_min(z, 0, out=act) if z.dtype == torch.float32 else act.copy_(z).clamp_min_(0)
+
+    @staticmethod
     def forward(ctx, z, gamma, beta, words, p, eps, workspace):
         c = z.size(-1)
-        act = workspace.get("act", z.numel(), torch.float32, z.device).view(z.shape).copy_(z).clamp_min_(0)
+        act = TokenMap._relu(z, workspace)
         y, mean, rstd = torch.native_layer_norm(act, (c,), gamma.float(), beta.float(), eps)
         if words is not None:
             y.mul_(FeatureInput._mask(words, p, y.shape, workspace, z.device))
@@ -380,11 +386,11 @@ class TokenMap(torch.autograd.Function):
         if words is not None:  # through the dropout: dn = mask ⊙ dy
             mask = FeatureInput._mask(words, ctx.p, grad.shape, ws, z.device)
             grad = torch.mul(grad, mask, out=ws.get("grad", grad.numel(), torch.float32, z.device).view(grad.shape))
-        act = ws.get("act", z.numel(), torch.float32, z.device).view(z.shape).copy_(z).clamp_min_(0)  # ReLU(z)
+        act = TokenMap._relu(z, ws)
         d_act, d_gamma, d_beta = torch.ops.aten.native_layer_norm_backward(
             grad, act, (z.size(-1),), mean, rstd, gamma.float(), beta.float(), list(ctx.needs_input_grad[:3]))
-        if d_act is not None:
-            d_act.masked_fill_(z <= 0, 0.0)  # ReLU'(z): the plain path's threshold_backward (0 at z = 0)
+        if d_act is not None:  # ReLU'(z), in place: the plain path's threshold_backward (0 at z = 0)
+            torch.ops.aten.threshold_backward.grad_input(d_act, z.to(d_act.dtype), 0.0, grad_input=d_act)
         return d_act, d_gamma, d_beta, None, None, None, None
 
 
@@ -403,9 +409,11 @@ class SpatialPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, q2, const):
         b, t, p, c = y.shape
-        logits = (torch.einsum("blc,btpc->btlp", q2, y) + const[:, None, :, None]) / math.sqrt(c)  # (B, T, L, P+1)
-        attn = logits.softmax(dim=-1)
-        pooled = torch.einsum("btlp,btpc->btlc", attn, y)  # (B, T, L, C)
+        l = q2.size(1)
+        scores = torch.bmm(q2, y.view(b, t * p, c).transpose(1, 2))  # (B, L, T·(P+1)): q2·y_p for every frame
+        logits = (scores.view(b, l, t, p) + const[:, :, None, None]) / math.sqrt(c)  # (B, L, T, P+1)
+        attn = logits.softmax(dim=-1).transpose(1, 2).contiguous()  # (B, L, T, P+1) -> (B, T, L, P+1)
+        pooled = torch.bmm(attn.view(b * t, l, p), y.view(b * t, p, c)).view(b, t, l, c)  # (B·T, L, C) -> (B, T, L, C)
         ctx.save_for_backward(y, q2, attn)
         return y[:, :, 0].contiguous(), pooled
 
@@ -416,13 +424,15 @@ class SpatialPool(torch.autograd.Function):
         l = q2.size(1)
         # in y's dtype (fp32 under AMP too, where q2 and pooled are the autocast dtype)
         q2, attn, d_pooled, d_cls = (x.to(y.dtype) for x in (q2, attn, d_pooled, d_cls))
-        d_attn = torch.einsum("btlc,btpc->btlp", d_pooled, y)  # (B, T, L, P+1)
+        d_pooled = d_pooled.reshape(b * t, l, c)  # (B·T, L, C)
+        d_attn = torch.bmm(d_pooled, y.view(b * t, p, c).transpose(1, 2)).view(b, t, l, p)  # (B, T, L, P+1)
         d_logits = attn * (d_attn - (attn * d_attn).sum(dim=-1, keepdim=True)) / math.sqrt(c)  # softmax backward
         d_const = d_logits.sum(dim=(1, 3))  # (B, L)
-        d_q2 = torch.einsum("btlp,btpc->blc", d_logits, y)  # (B, L, C)
-        dy = torch.bmm(d_logits.permute(0, 1, 3, 2).reshape(b, t * p, l), q2)  # (B, T·(P+1), C): dlogits q2
+        d_scores = d_logits.transpose(1, 2).reshape(b, l, t * p)  # (B, T, L, P+1) -> (B, L, T·(P+1))
+        d_q2 = torch.bmm(d_scores, y.view(b, t * p, c))  # (B, L, C)
+        dy = torch.bmm(d_scores.transpose(1, 2), q2)  # (B, T·(P+1), C) = dscoresᵀ q2
         dy = dy.view(b * t, p, c)  # (B·T, P+1, C)
-        dy.baddbmm_(attn.view(b * t, l, p).transpose(1, 2), d_pooled.reshape(b * t, l, c))  # += Aᵀ d_pooled
+        dy.baddbmm_(attn.view(b * t, l, p).transpose(1, 2), d_pooled)  # += Aᵀ d_pooled
         dy = dy.view(b, t, p, c)
         dy[:, :, 0] += d_cls
         return dy, d_q2, d_const
