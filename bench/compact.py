@@ -12,7 +12,9 @@ MR-full-mAP and their change against fp16, and the decoding error of the video f
 
 What the change measures: training is chaotic, so any change of the inputs, even one far below the features'
 noise, moves the final metric by about the run-to-run spread. The `fp16, seed + 1` row (the fp16 cache trained
-with the next seed) shows that spread: a store's change is only a measured accuracy cost where it is larger.
+with the next seed) shows that spread: a store's change is only a measured accuracy cost where it is larger. The
+"same weights" columns remove the training from the comparison: the fp16 run's final model evaluated on each
+store's val features (decoded as training decodes them), against the same model on the fp16 features.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import fill_defaults, machine  # noqa: E402
-from r2 import cache, verify  # noqa: E402
+from r2 import cache, engine, verify  # noqa: E402
+from r2.data import GroundingDataset  # noqa: E402
 from r2.demo import make_demo  # noqa: E402
 from r2.extract import ExtractConfig, extract  # noqa: E402
 from r2.sweep import to_markdown  # noqa: E402
@@ -84,13 +87,23 @@ def decode_error(fp16: Path, other: Path) -> tuple[float, float, float]:
     return worst, total / size, magnitude / size
 
 
-def train(entry: Path, out: Path, args, seed: int) -> dict[str, float]:
-    """One run; the last epoch's val metrics from its log.csv."""
-    Trainer(TrainConfig(cache=str(entry), out=str(out), epochs=args.epochs, seed=seed, warmup_iters=args.warmup_iters,
-                        train_split="train", eval_split="val", workers=0, progress=False)).fit()
+def train(entry: Path, out: Path, args, seed: int) -> tuple[dict[str, float], Trainer]:
+    """One run: the last epoch's val metrics from its log.csv, and the trainer (its model as trained last)."""
+    trainer = Trainer(TrainConfig(cache=str(entry), out=str(out), epochs=args.epochs, seed=seed,
+                                  warmup_iters=args.warmup_iters, train_split="train", eval_split="val", workers=0,
+                                  progress=False))
+    trainer.fit()
     with open(out / "log.csv", newline="") as f:
         last = list(csv.DictReader(f))[-1]
-    return {m: float(last[f"val_{m}"]) for m in METRICS}
+    return {m: float(last[f"val_{m}"]) for m in METRICS}, trainer
+
+
+def evaluate_on(trainer: Trainer, entry: Path) -> dict[str, float]:
+    """The trainer's model on the val split of another cache of the same videos."""
+    data = GroundingDataset(cache.Cache(entry), "val", train=False)
+    _, scores = engine.evaluate_split(trainer.model, data, trainer.dec_cfg, trainer.device, trainer.autocast_dtype,
+                                      trainer.cfg.batch_size, 0)
+    return {m: float(scores[m]) for m in METRICS}
 
 
 def measure(args, work: Path) -> list[dict]:
@@ -101,8 +114,13 @@ def measure(args, work: Path) -> list[dict]:
             entries[store] = fp16.with_name(f"{name}-{store}.h5")
             cache.convert(fp16, entries[store], store)
         fp16_bytes = verify.verify(fp16, values=False).feature_bytes
-        runs = {store: train(entry, work / "runs" / f"{name}-{store}", args, args.seed) for store, entry in entries.items()}
-        runs["fp16, seed + 1"] = train(fp16, work / "runs" / f"{name}-fp16-seed", args, args.seed + 1)
+        runs, reference = {}, None
+        for store, entry in entries.items():
+            runs[store], trainer = train(entry, work / "runs" / f"{name}-{store}", args, args.seed)
+            if store == "fp16":
+                reference = trainer
+        runs["fp16, seed + 1"] = train(fp16, work / "runs" / f"{name}-fp16-seed", args, args.seed + 1)[0]
+        same = {store: evaluate_on(reference, entry) for store, entry in entries.items()}
         for label, scores in runs.items():
             store = label.split(",")[0]
             row = {"set": name, "store": label,
@@ -110,6 +128,8 @@ def measure(args, work: Path) -> list[dict]:
             for m in METRICS:
                 row[m] = scores[m]
                 row[f"Δ {m}"] = scores[m] - runs["fp16"][m]
+            for m in METRICS:
+                row[f"Δ {m}, same weights"] = same[store][m] - same["fp16"][m] if label == store else None
             worst, mean, magnitude = decode_error(fp16, entries[store]) if store != "fp16" else (0.0, 0.0, None)
             row["max abs err"], row["mean abs err"] = worst, mean
             row["note"] = (f"features' mean |x| {magnitude:.3g}" if magnitude is not None else
