@@ -25,12 +25,16 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from r2.errors import R2Error
 from r2.fetch import fetch
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
+    from torch import nn
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "OPENAI_MODELS", "Clip", "ClipArch", "ClipIdentity", "ClipLoadError", "TINY_ARCH",

@@ -30,7 +30,7 @@ import numpy as np
 
 from r2 import cache, datasets
 
-__all__ = ["Report", "ShardStatus", "verify", "info", "merge", "convert", "main"]
+__all__ = ["Report", "ShardStatus", "verify", "info", "merge", "main"]
 
 SEGMENT_RE = cache.SEGMENT_RE
 TEXT_CONTEXT = 77  # CLIP's text context: a query's SOT..EOT tokens never exceed it

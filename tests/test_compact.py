@@ -288,7 +288,7 @@ def test_device_features_give_the_collate_batches(tmp_path, name):
         convert(src, entry, name)
     ds = GroundingDataset(Cache(entry), "train", train=True)
     resident = DeviceFeatures(ds, "cpu")
-    assert resident.summary.startswith(f"resident on cpu: train split, 4 videos (46 frames), 8 query texts: ")
+    assert resident.summary.startswith("resident on cpu: train split, 4 videos (46 frames), 8 query texts: ")
     assert f"GB as {name} in" in resident.summary and resident.nbytes > 0
     for seed in (0, 3):
         ds.seed = seed
