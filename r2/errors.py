@@ -50,18 +50,16 @@ def command(main: Callable[..., int | None]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
-        shown = warnings.showwarning
-        warnings.showwarning = one_line_warning
-        try:
-            code = main(*args, **kwargs)
-        except R2Error as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except BrokenPipeError:  # the reader (| head) closed the pipe: what was written stays, stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
-        finally:
-            warnings.showwarning = shown
+        with warnings.catch_warnings():  # the caller's warning settings come back afterwards
+            warnings.showwarning = one_line_warning
+            try:
+                code = main(*args, **kwargs)
+            except R2Error as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            except BrokenPipeError:  # the reader (| head) closed the pipe: what was written stays, stop quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
         return 0 if code is None else code
 
     return wrapped

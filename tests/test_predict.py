@@ -269,8 +269,8 @@ def test_window_path_equals_windows_run_one_by_one(demo, tiny):
                          feature_cache=demo["root"] / "features")
     queries = ["a red screen", "a fractal zooming in"]
     pred = windowed.predict(demo["videos"] / f"{vid}.mp4", queries)
-    starts = window_starts(n, window, stride)
-    assert len(starts) >= 5 and pred.windows == [(s, s + window) for s in starts]
+    starts = window_starts(n, window, stride)  # the demo's longest video: 16 frames, so 3 overlapping windows
+    assert len(starts) >= 3 and pred.windows == [(s, s + window) for s in starts]
     assert pred.frames_held <= window + ENCODE_CHUNK
 
     feats, duration = cache.video(vid), cache.video_info(vid)[0]
