@@ -4,8 +4,8 @@
 #     against fp32 on the same weights, batch and random draws (tolerances in the table's notes);
 #   - training steps (r2.engine.train_step: what train/fit.py runs) at the QVHighlights shape, fp32 / bf16 / fp16,
 #     fast path and plain eager path: s/step, samples/s, peak GPU memory (torch.cuda.max_memory_allocated);
-#   - samples/s from GPU-resident features: a pool of samples held on the GPU in the cache's fp16, batches built by
-#     indexing (no DataLoader, no host copy), bf16 steps;
+#   - samples/s from GPU-resident features: a synthetic cache's train split held on the GPU by r2.data.DeviceFeatures
+#     (train/fit.py --preload cuda), batches built by indexing (no DataLoader, no host copy), bf16 steps;
 #   - ViT-B/32 extraction: frames/s of r2.clip.encode_frames with random ViT-B/32 weights, fp32 and bf16;
 #   - torch.compile(model) on CUDA: compile time, graph breaks (torch._dynamo.explain), s/step against eager.
 # On a machine without a usable CUDA device it prints one line saying "no GPU" and exits 0.
@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 exec python - "$@" <<'PY'
 import contextlib
 import copy
+import importlib.util
+import itertools
 import math
 import os
 import sys
@@ -38,6 +40,8 @@ if not smoke and not torch.cuda.is_available():
 
 from common import machine  # noqa: E402
 from r2 import clip, engine  # noqa: E402
+from r2.cache import Cache  # noqa: E402
+from r2.data import DeviceFeatures, GlobalBatchSampler, GroundingDataset, to_device  # noqa: E402
 from r2.losses import Criterion, loss_config_for  # noqa: E402
 from r2.model import R2Model, config_for  # noqa: E402
 from r2.model.block import torch_dropout  # noqa: E402
@@ -46,7 +50,7 @@ device = torch.device("cpu" if smoke else "cuda")
 if smoke:
     torch.set_num_threads(1)
 B, T, K, P, DV, DQ, L = (2, 6, 4, 5, 32, 24, 5) if smoke else (32, 75, 4, 50, 768, 512, 16)
-POOL = 4 if smoke else 512  # GPU-resident samples (512 x 23 MB fp16 = 11.8 GB at the QVHighlights shape)
+POOL = 4 if smoke else 256  # GPU-resident samples: POOL / 2 videos x 2 queries (128 x 23 MB fp16 = 2.9 GB)
 STEPS = 1 if smoke else 5
 rows = []
 started = time.perf_counter()
@@ -161,31 +165,38 @@ for name, amp in AMPS.items():
             torch.cuda.empty_cache()
 
 # ---------------------------------------------------------------- GPU-resident features
-g = torch.Generator(device=device).manual_seed(0) if device.type == "cuda" else torch.Generator().manual_seed(0)
-pool_video = torch.empty(POOL, K, T, P, DV, dtype=torch.float16, device=device).normal_(generator=g)
-pool_query = torch.empty(POOL, K, L, DQ, dtype=torch.float16, device=device).normal_(generator=g)
-order = torch.randperm(POOL, device=device)
-resident = [batch_of(pool_video.index_select(0, order[i * B:(i + 1) * B]), pool_query.index_select(0, order[i * B:(i + 1) * B]), i)
-            for i in range(max(1, min(4, POOL // B)))]
-amp = torch.bfloat16
-model = copy.deepcopy(base)
-opt, scaler = optimizer_for(model, amp)
-model.block.fast = True
-engine.train_step(model, crit, opt, scaler, resident[0], device, amp, 35.0)
-sync()
-start = time.perf_counter()
-n = 0
-for i in range(STEPS * 2):
-    idx = order[(i * B) % POOL:][:B]
-    if len(idx) < B:
-        idx = order[:B]
-    b = batch_of(pool_video.index_select(0, idx), pool_query.index_select(0, idx), i)  # indexing on the device
-    engine.train_step(model, crit, opt, scaler, b, device, amp, 35.0)
-    n += B
-sync()
-row("GPU-resident features, bf16 fast: samples/s", n / (time.perf_counter() - start), "samples/s",
-    f"{POOL} samples resident ({pool_video.numel() * 2 / 2 ** 30:.1f} GiB fp16), batches by index_select")
-del pool_video, pool_query, resident, model, opt
+# A synthetic qvhighlights cache (bench/train.py's write_cache) held on the device by r2.data.DeviceFeatures (what
+# train/fit.py --preload cuda uses): batches built there by indexing, then decoded by to_device, then the step.
+spec = importlib.util.spec_from_file_location("bench_train", Path("bench") / "train.py")
+bench_train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_train)
+with tempfile.TemporaryDirectory() as tmp:
+    entry = Path(tmp) / "resident.h5"
+    dims = {"video_dim": DV, "query_dim": DQ, "tokens": P, "layers": [9, 10, 11, 12]}
+    bench_train.write_cache(entry, dims, n_videos=POOL // 2, n_frames=T, queries_per_video=2)
+    cache = Cache(entry)
+    dataset = GroundingDataset(cache, "train", train=True)
+    resident = DeviceFeatures(dataset, device)
+    sampler = GlobalBatchSampler(len(dataset), B, seed=0)
+    amp = torch.bfloat16
+    model = copy.deepcopy(base)
+    opt, scaler = optimizer_for(model, amp)
+    model.block.fast = True
+    batches = resident.batches(itertools.cycle(sampler))
+    engine.train_step(model, crit, opt, scaler, to_device(next(batches), device), device, amp, 35.0)  # warm-up
+    sync()
+    start = time.perf_counter()
+    n = 0
+    for _ in range(STEPS * 2):
+        b = to_device(next(batches), device)
+        engine.train_step(model, crit, opt, scaler, b, device, amp, 35.0)
+        n += b["video"].shape[0]
+    sync()
+    row("GPU-resident features, bf16 fast: samples/s", n / (time.perf_counter() - start), "samples/s",
+        f"r2.data.DeviceFeatures: {len(dataset)} samples of {POOL // 2} videos resident "
+        f"({resident.nbytes / 2 ** 30:.2f} GiB fp16), batches by indexing, no DataLoader")
+    del resident, model, opt, batches
+    cache.close()
 if device.type == "cuda":
     torch.cuda.empty_cache()
 
@@ -226,8 +237,8 @@ if not smoke:
             engine.train_step(compiled, crit, opt, scaler, batches[i % 2], device, torch.bfloat16, 35.0,
                               params=model.parameters())
         sync()
-        row("torch.compile: bf16 fast s/step", (time.perf_counter() - start) / STEPS, "s",
-            "compare with 'step bf16, fast: s/step'")
+        row("torch.compile: bf16 s/step", (time.perf_counter() - start) / STEPS, "s",
+            "compiled code traces the plain path; compare with 'step bf16, fast: s/step'")
     except Exception as error:  # a compile failure is a finding, not a crash of the whole check
         row("torch.compile: failed", 0.0, "-", f"{type(error).__name__}: {' '.join(str(error).split())[:200]}")
 

@@ -21,12 +21,15 @@ What is measured (each mode in its own Python process, so its peak RSS is its ow
                 samples/s, the ratio (median of the per-pair ratios), achieved GFLOP/s (matmul/conv FLOPs of one
                 forward + backward, counted by torch's FlopCounterMode) against the machine's nominal fp32 peak and
                 a measured 2048³ sgemm, and a per-op table (torch.profiler, self CPU time) of one step of each.
+                With --compile, torch.compile(model) (train/fit.py --compile) is a third variant in the same
+                interleaving: its graph breaks (torch._dynamo.explain), its first step (the compile), s/step
+                and its per-op table (compiled code traces the plain path: R2Block.fast applies to eager only).
   sweep         `r2.sweep.bench_per_trial` on a small demo cache (tiny CLIP): seconds per trial in one sweep
                 versus separate train/fit.py runs.
 
 Every mode's step is `r2.engine.train_step`, the function r2/train.py's Trainer calls (autocast, GradScaler,
 grad-norm clip 35, AdamW, LR scheduler). `--step-only` runs just the step comparison (the QVHighlights-shape
-figure of the README).
+figure of the README); `--compile` adds torch.compile to it.
 """
 from __future__ import annotations
 
@@ -97,6 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ab-rounds", type=int, help="interleaved fast/plain step pairs of the step comparison (default 3)")
     p.add_argument("--step-only", action="store_true", help="only the step comparison (no (a)/(b)/(d), no sweep)")
     p.add_argument("--ops", type=int, default=12, help="rows of each per-op table (default 12)")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile(model) to the step comparison (its graph breaks, compile time, s/step)")
     # internal: run one mode in this process and print its result as JSON
     p.add_argument("--mode", choices=list(MODES) + [STEP], help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
@@ -313,7 +318,8 @@ def sgemm_gflops(device: torch.device, n: int = 2048, reps: int = 3) -> float:
 
 
 def run_step_comparison(args) -> dict:
-    """r2's fast step against the plain eager step, interleaved on the same preloaded batches (see the docstring)."""
+    """r2's fast step against the plain eager step (and torch.compile with --compile), interleaved on the same
+    preloaded batches (see the docstring)."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -324,46 +330,59 @@ def run_step_comparison(args) -> dict:
     batches = [to_device(b, device) for b, _ in zip(loader, range(2))]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     calls = [0]
+    variants = ["fast", "plain"] + (["compiled"] if args.compile else [])
+    compiled = torch.compile(model) if args.compile else None
 
-    def step(fast: bool):
-        model.block.fast = fast
+    def step(variant: str):
+        model.block.fast = variant == "fast"
         batch = batches[calls[0] % len(batches)]
         calls[0] += 1
-        with contextlib.nullcontext() if fast else torch_dropout():
-            engine.train_step(model, criterion, optimizer, scaler, batch, device, autocast_dtype,
-                              TrainConfig.grad_clip, scheduler=scheduler, where="bench step")
+        with torch_dropout() if variant == "plain" else contextlib.nullcontext():
+            engine.train_step(compiled if variant == "compiled" else model, criterion, optimizer, scaler, batch,
+                              device, autocast_dtype, TrainConfig.grad_clip, scheduler=scheduler, where="bench step")
 
-    def timed(fast: bool) -> float:
+    def timed(variant: str) -> float:
         sync()
         start = time.perf_counter()
-        step(fast)
+        step(variant)
         sync()
         return time.perf_counter() - start
 
-    for fast in (True, False):  # warm-up (allocations, first-call costs)
+    extra = {}
+    if args.compile:
+        b = batches[0]
+        with engine.autocast(device, autocast_dtype):
+            explanation = torch._dynamo.explain(model)(b["video"], b["video_mask"], b["query"], b["query_mask"])
+        extra = {"graph_breaks": explanation.graph_break_count, "compile_s": timed("compiled")}  # first call compiles
+    for variant in variants:  # warm-up (allocations, first-call costs)
         for _ in range(args.warmup):
-            step(fast)
-    times = {True: [], False: []}
+            step(variant)
+    times = {v: [] for v in variants}
     for r in range(args.ab_rounds):
-        for fast in ((True, False) if r % 2 == 0 else (False, True)):  # A B, B A, ...: neither always goes first
-            times[fast].append(timed(fast))
+        for variant in (variants if r % 2 == 0 else variants[::-1]):  # A B, B A, ...: none always goes first
+            times[variant].append(timed(variant))
     flops, ops = {}, {}
-    for fast in (True, False):
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step(fast)
-        flops[fast] = counter.get_total_flops()
+    for variant in variants:
+        if variant != "compiled":  # FlopCounterMode counts eager ops; compiled code runs the plain path's FLOPs
+            counter = FlopCounterMode(display=False)
+            with counter:
+                step(variant)
+            flops[variant] = counter.get_total_flops()
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
-            step(fast)
-        ops[fast] = op_table(prof, args.ops)
+            step(variant)
+        ops[variant] = op_table(prof, args.ops)
     median = lambda xs: float(np.median(xs))  # noqa: E731
-    return {
-        "fast_s": median(times[True]), "plain_s": median(times[False]),
-        "ratio": median([a / b for a, b in zip(times[True], times[False])]),
-        "fast_gflop": flops[True] / 1e9, "plain_gflop": flops[False] / 1e9, "sgemm_gflops": sgemm_gflops(device),
-        "fast_ops": ops[True], "plain_ops": ops[False], "times": {"fast": times[True], "plain": times[False]},
+    result = {
+        "fast_s": median(times["fast"]), "plain_s": median(times["plain"]),
+        "ratio": median([a / b for a, b in zip(times["fast"], times["plain"])]),
+        "fast_gflop": flops["fast"] / 1e9, "plain_gflop": flops["plain"] / 1e9, "sgemm_gflops": sgemm_gflops(device),
+        "fast_ops": ops["fast"], "plain_ops": ops["plain"], "times": times,
         "threads": torch.get_num_threads(), "device": str(device),
     }
+    if args.compile:
+        result |= {"compiled_s": median(times["compiled"]), "compiled_ops": ops["compiled"],
+                   "compiled_ratio": median([a / b for a, b in zip(times["compiled"], times["fast"])]), **extra}
+    return result
 
 
 def spawn_mode(mode: str, args, entry: Path, spec: str) -> dict:
@@ -376,7 +395,7 @@ def spawn_mode(mode: str, args, entry: Path, spec: str) -> dict:
     if args.clip_videos:
         cmd += ["--clip-videos", str(args.clip_videos)]
     if mode == STEP:
-        cmd += ["--ab-rounds", str(args.ab_rounds), "--ops", str(args.ops)]
+        cmd += ["--ab-rounds", str(args.ab_rounds), "--ops", str(args.ops)] + (["--compile"] if args.compile else [])
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -435,7 +454,8 @@ def measure(args, work: Path) -> list[dict]:
 
     s = spawn_mode(STEP, args, entry, spec)
     step_rows(row, s, args, shape)
-    tables = {"fast": s["fast_ops"], "plain eager": s["plain_ops"]}
+    tables = {"fast": s["fast_ops"], "plain eager": s["plain_ops"]} | (
+        {"torch.compile": s["compiled_ops"]} if args.compile else {})
     if args.step_only:
         return rows, tables
 
@@ -486,6 +506,13 @@ def step_rows(row, s: dict, args, shape: str):
         if peak:
             note += f"; {100 * rate / peak:.0f} % of the nominal peak"
         row(f"step, {name}: GFLOP/s", rate, "GFLOP/s", note)
+    if "compiled_s" in s:
+        row("step, torch.compile: s/step", s["compiled_s"], "s",
+            f"torch.compile(model), default inductor; {s['graph_breaks']} graph breaks (torch._dynamo.explain)")
+        row("step: torch.compile / fast", s["compiled_ratio"], "ratio", "median of the per-variant ratios")
+        row("step, torch.compile: samples/s", b / s["compiled_s"], "samples/s")
+        row("step, torch.compile: first step", s["compile_s"], "s", "tracing + inductor compile of forward and backward")
+        row("step, torch.compile: graph breaks", s["graph_breaks"], "count", "0: the whole forward is one graph")
     if peak:
         row("nominal fp32 peak", peak, "GFLOP/s", peak_note)
     row("measured sgemm 2048^3", s["sgemm_gflops"], "GFLOP/s", f"{s['threads']} threads, same process")
@@ -510,8 +537,8 @@ def main(args) -> pd.DataFrame | dict:
         rows, tables = measure(args, work)
         table = pd.DataFrame(rows)
     after = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    print(to_markdown(table, f"bench/train.py{' --quick' if args.quick else ''}{' --step-only' if args.step_only else ''} "
-                             f"on {before} (at the end: {after})"))
+    flags = "".join(f" --{name}" for name in ("quick", "step-only", "compile") if getattr(args, name.replace("-", "_")))
+    print(to_markdown(table, f"bench/train.py{flags} on {before} (at the end: {after})"))
     for name, ops in tables.items():
         print(f"Per-op self time, one training step, {name} (torch.profiler):\n")
         print("| op | self ms | share | calls |\n|---|---|---|---|")

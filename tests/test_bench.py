@@ -137,6 +137,26 @@ def test_train_bench_step_only(tmp_path):
     check_numbers(rows, set())
 
 
+COMPILE_ROWS = {"step, torch.compile: s/step": "s", "step: torch.compile / fast": "ratio",
+                "step, torch.compile: samples/s": "samples/s", "step, torch.compile: first step": "s",
+                "step, torch.compile: graph breaks": "count"}
+
+
+@pytest.mark.slow
+def test_train_bench_step_only_with_compile(tmp_path):
+    """--compile adds torch.compile(model) to the step comparison: its rows, no graph break, its per-op table."""
+    out = run_quick("train", tmp_path / "w", "--step-only", "--compile", "--ab-rounds", "1", "--ops", "3")
+    rows = printed_rows(out)
+    assert {m: unit for m, (_, unit) in rows.items()} == (
+        {"synthetic cache read once (page cache warm)": "MB/s"} | STEP_ROWS | COMPILE_ROWS)
+    check_numbers(rows, {"step, torch.compile: graph breaks"})
+    assert rows["step, torch.compile: graph breaks"][0] == 0
+    assert rows["step, torch.compile: samples/s"][0] == pytest.approx(4 / rows["step, torch.compile: s/step"][0],
+                                                                       rel=1e-3)
+    assert "Per-op self time, one training step, torch.compile (torch.profiler):" in out
+    assert "bench/train.py --quick --step-only --compile on " in out
+
+
 def test_train_bench_qvhighlights_records_load(tmp_path):
     """The synthetic cache is a valid qvhighlights cache: every record loads, with 12-20 query tokens."""
     from r2 import clip
@@ -190,4 +210,5 @@ def test_gpu_sh_checks_run_end_to_end_on_the_cpu():
         for path in ("fast", "plain eager"):
             assert rows[f"step {name}, {path}: samples/s"][0] > 0
     assert rows["GPU-resident features, bf16 fast: samples/s"][0] > 0
+    assert "r2.data.DeviceFeatures: 4 samples of 2 videos resident" in out  # the trainer's --preload cuda class
     assert rows["extraction tiny fp32: frames/s"][0] > 0
