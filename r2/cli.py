@@ -260,7 +260,7 @@ FIT_DOC = """Stage 2 CLI: train R²-Tuning on a feature cache; every TrainConfig
     python train/fit.py --resume runs/tacos-lr1e-4 --cache cache/tacos.h5 [--epochs 150]
 
 Every value is checked before any work (a bad one is one "error: ..." line naming the flag). A resumed run keeps its
-own settings and cache: only --epochs (to extend it), --device, --precision, --workers, --(no-)preload,
+own settings and cache: only --epochs (to extend it), --device, --precision, --workers, --preload,
 --(no-)progress and --(no-)compile may differ. Once a new run has a best.pt, <runs>/<cache name>-latest links to it.
 Exit code 0 when the run finished; 2 for a setting or file it cannot use (before any training).
 """

@@ -29,7 +29,8 @@ from r2.engine import evaluate_split
 from r2.cache import Cache, CacheError
 from r2.checkpoint import (build_model, cache_identity, check_compatible, check_same_cache, checkpoint_file,
                            checkpoint_meta, load_checkpoint, save)
-from r2.data import MIN_TRAIN_SECONDS, GlobalBatchSampler, GroundingDataset, Preloaded, collate
+from r2.data import (MIN_TRAIN_SECONDS, PRELOAD_CHOICES, GlobalBatchSampler, GroundingDataset, Preloaded, collate,
+                     resident_features)
 from r2.decode import DecodeConfig, decode_config_for
 from r2.errors import ConfigError, flag
 from r2.losses import Criterion, LossConfig, loss_config_for
@@ -83,6 +84,7 @@ _RULES: dict[str, tuple[Callable, str]] = {
     "seed": (lambda v: 0 <= v < 2 ** 32, "an integer in 0 .. 2**32 - 1"),
     "device": (lambda v: DEVICE.fullmatch(v) is not None, DEVICE_ALLOWED),
     "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "one of auto, fp32, bf16, fp16"),
+    "preload": (lambda v: v in PRELOAD_CHOICES, "one of " + ", ".join(PRELOAD_CHOICES)),
     "workers": _AT_LEAST_0,
     "resume": (bool, "a run folder"),
 }
@@ -184,7 +186,9 @@ class TrainConfig:
                            "fp16", "auto")
     workers: int | None = _opt("DataLoader worker processes (each opens the cache itself)",
                                "0 on a CPU (workers would compete with torch's threads), 4 on a GPU")
-    preload: bool = _with("read the whole split's features into memory first", False)
+    preload: str = _with("keep the splits' features in memory: none (stream from the cache), cpu, cuda (the "
+                         "training split resident on that device in its stored format, batches built by indexing, "
+                         "no DataLoader workers), auto (the training device when it fits, else stream)", "none")
     progress: bool = _with("show a progress bar per epoch", True)
     compile: bool = _with("torch.compile the model (CPU or CUDA): slower first epoch, faster steps", False)
     resume: str | None = _opt("a run folder: continue from its last.pt with its own settings", "a new run", "DIR")
@@ -360,6 +364,8 @@ def saved_config(ckpt: dict) -> TrainConfig:
     checkpoint still loads (fields it lacks take today's defaults)."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = dict(ckpt["config"])
+    if isinstance(values.get("preload"), bool):  # r2 <= 0.2 saved preload as a flag: true read the split into RAM
+        values["preload"] = "cpu" if values["preload"] else "none"
     dropped = sorted(set(values) - known)
     if dropped:
         warnings.warn(f"checkpoint config fields {dropped} are not TrainConfig fields of this r2; ignored")
@@ -458,6 +464,9 @@ class Trainer:
 
         self.train_set = self._dataset(cfg.train_split, "training")
         self.eval_set = self._dataset(cfg.eval_split, "evaluation")
+        self.resident, line = resident_features(self.train_set, cfg.preload, self.device)
+        if line and self.rank == 0:
+            print(line)
         self.iters_per_epoch = cfg.passes * len(self._sampler(0))
         if self.iters_per_epoch == 0:
             raise ConfigError(f"--train-split {cfg.train_split}: {len(self.train_set)} training samples cannot feed "
@@ -507,13 +516,7 @@ class Trainer:
         return GlobalBatchSampler(len(self.train_set), self.cfg.batch_size, seed, self.rank, self.world)
 
     def _dataset(self, split: str, role: str) -> GroundingDataset:
-        ds = split_dataset(self.cache, split, role, self.cfg.domain, self.features)
-        if self.cfg.preload and self.features is None:
-            vids, texts = ds.vids_and_texts()
-            ds.source = Preloaded(self.cache, vids, texts, device="cpu")
-            print(f"preloaded {split}: {len(vids)} videos, {len(texts)} queries, "
-                  f"{ds.source.nbytes / 1e9:.2f} GB in {ds.source.seconds:.1f} s")
-        return ds
+        return split_dataset(self.cache, split, role, self.cfg.domain, self.features)
 
     def describe(self) -> dict:
         return {"dataset": self.cache.dataset, "cache": str(self.cfg.cache), **dataclasses.asdict(self.cfg),
@@ -551,8 +554,13 @@ class Trainer:
         """This epoch's training batches: `passes` passes, each with its own seeded order and positive frames."""
         for part in range(self.cfg.passes):
             self.train_set.seed = self.cfg.seed * 1000 + self.epoch * 10 + part
-            yield from DataLoader(self.train_set, batch_sampler=self._sampler(self.epoch, part), collate_fn=collate,
-                                  num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+            sampler = self._sampler(self.epoch, part)
+            if self.resident is not None:  # --preload cpu|cuda|auto: batches indexed where the features live
+                yield from self.resident.batches(sampler)
+            else:  # its own generator: the loader's base-seed draw leaves the global RNG (dropout's) untouched
+                yield from DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate,
+                                      num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
+                                      generator=torch.Generator().manual_seed(self.train_set.seed))
 
     def train_epoch(self) -> dict[str, float]:
         cfg = self.cfg

@@ -64,7 +64,7 @@ def test_train_flags_say_their_real_default_or_the_recipe_value():
             assert "(default: " in helps[f.name], f.name
     assert helps["lr"].endswith("(default: the recipe's lr: 5e-4 qvhighlights, youtube, tvsum; 2.5e-4 charades, "
                                 "tacos, ego4d; 1e-3 demo, custom)")
-    assert helps["grad_clip"].endswith("(default: 35.0)") and helps["preload"].endswith("(default: off)")
+    assert helps["grad_clip"].endswith("(default: 35.0)") and helps["preload"].endswith("(default: none)")
 
 
 def test_the_same_flag_means_the_same_in_fit_and_sweep():

@@ -95,6 +95,17 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(run3, demo, tmp_
 
 
 @pytest.mark.slow  # 30 epochs of training
+def test_preload_cpu_trains_exactly_like_streaming(run3, demo, tmp_path, capsys):
+    """--preload cpu: the training split resident in memory, batches built by indexing (no DataLoader): the same
+    batches, so the same losses, metrics and weights as streaming from the cache."""
+    out = tmp_path / "resident"
+    Trainer(TrainConfig(cache=str(demo), epochs=3, preload="cpu", out=str(out), **SMALL)).fit()
+    assert "resident" in capsys.readouterr().out  # the one line saying how much memory it took
+    assert log_rows(out) == log_rows(run3)
+    a, b = load_checkpoint(out / "last.pt")["model"], load_checkpoint(run3 / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_trained_model_beats_untrained(demo, tmp_path):
     """A small config memorises the tiny training split: far better than the same model untrained."""
     cfg = TrainConfig(cache=str(demo), epochs=30, lr=2e-3, warmup_iters=10, lr_drop=-1, dropout=0.0, droppath=0.0,

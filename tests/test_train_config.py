@@ -86,8 +86,10 @@ def test_every_field_checks_its_type(name):
 def test_bools_are_not_numbers_and_ints_are_numbers():
     with pytest.raises(ConfigError, match="^--epochs True: must be an integer"):
         TrainConfig(cache="c.h5", epochs=True)
-    with pytest.raises(ConfigError, match="^--preload 1: must be true or false"):
-        TrainConfig(cache="c.h5", preload=1)
+    with pytest.raises(ConfigError, match="^--progress 1: must be true or false"):
+        TrainConfig(cache="c.h5", progress=1)
+    with pytest.raises(ConfigError, match="^--preload gpu: must be one of none, cpu, cuda, auto"):
+        TrainConfig(cache="c.h5", preload="gpu")
     cfg = TrainConfig(cache="c.h5", lr=1, dropout=0)  # an int where a float is asked is that float
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.dropout == 0.0
 
@@ -97,7 +99,7 @@ def test_valid_values_pass_unchanged():
                   warmup_iters=0, passes=2, warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, dropout=0.0,
                   droppath=0.5, hidden=64, cls_weight=0.0, reg_weight=1.0, sal_weight=2.0, video_nce_weight=0.1,
                   layer_nce_weight=0.1, nms="none", nms_iou=1.0, unit=0.0, train_split="train",
-                  eval_split="val", seed=0, device="cuda:1", precision="bf16", workers=0, preload=True,
+                  eval_split="val", seed=0, device="cuda:1", precision="bf16", workers=0, preload="cuda",
                   progress=False, resume="runs/y")
     cfg = TrainConfig(**values)
     assert {k: getattr(cfg, k) for k in values} == values
@@ -107,6 +109,12 @@ def test_valid_values_pass_unchanged():
 def test_an_official_checkpoints_config_still_loads():
     """An official nncore checkpoint records no cache (""): predict and evaluate rebuild its config."""
     assert saved_config({"config": {"cache": "", "domain": "BK"}}).domain == "BK"
+
+
+def test_a_config_saved_with_the_old_preload_flag_still_loads():
+    """r2 0.2 saved preload as true/false: true (the split read into RAM) is cpu now, false is none."""
+    assert saved_config({"config": {"cache": "c.h5", "preload": True}}).preload == "cpu"
+    assert saved_config({"config": {"cache": "c.h5", "preload": False}}).preload == "none"
 
 
 def test_fit_refuses_a_bad_flag_before_opening_the_cache(tmp_path):
