@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,16 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import fill_defaults, machine  # noqa: E402
-from r2 import cache, engine, verify  # noqa: E402
-from r2.data import GroundingDataset  # noqa: E402
-from r2.demo import make_demo  # noqa: E402
-from r2.extract import ExtractConfig, extract  # noqa: E402
-from r2.sweep import to_markdown  # noqa: E402
-from r2.train import TrainConfig, Trainer  # noqa: E402
+from common import fill_defaults, machine
+from r2 import cache, engine, verify
+from r2.data import GroundingDataset
+from r2.demo import make_demo
+from r2.extract import ExtractConfig, extract
+from r2.sweep import to_markdown
+from r2.train import TrainConfig, Trainer
 
 STORES = ("fp16", "int8", "fp8")
 METRICS = ("MR-full-R1@0.5", "MR-full-mAP")

@@ -38,13 +38,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import fill_defaults, machine  # noqa: E402
-from r2 import cache, clip, video  # noqa: E402
-from r2.extract import ExtractConfig, extract  # noqa: E402
-from r2.sweep import to_markdown  # noqa: E402
+from common import fill_defaults, machine
+from r2 import cache, clip, video
+from r2.extract import ExtractConfig, extract
+from r2.sweep import to_markdown
 
 LAYERS = "9-12"  # the paper's taps
 REPO = Path(__file__).resolve().parents[1]

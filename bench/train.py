@@ -51,20 +51,19 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import fill_defaults, machine, nominal_peak_gflops  # noqa: E402
-from r2 import clip, engine  # noqa: E402
-from r2.cache import Cache, ShardWriter, write_entry  # noqa: E402
-from r2.data import GroundingDataset, Preloaded, collate, to_device  # noqa: E402
-from r2.datasets import Record  # noqa: E402
-from r2.extract import ExtractConfig, extract  # noqa: E402
-from r2.losses import Criterion, loss_config_for  # noqa: E402
-from r2.model import R2Model, config_for  # noqa: E402
-from r2.model.block import torch_dropout  # noqa: E402
-from r2.sweep import bench_per_trial, to_markdown  # noqa: E402
-from r2.train import SCHEDULES, TrainConfig, pick_device, pick_precision  # noqa: E402
+from common import fill_defaults, machine, nominal_peak_gflops
+from r2 import clip, engine
+from r2.cache import Cache, ShardWriter, write_entry
+from r2.data import GroundingDataset, Preloaded, collate, to_device
+from r2.datasets import Record
+from r2.extract import ExtractConfig, extract
+from r2.losses import Criterion, loss_config_for
+from r2.model import R2Model, config_for
+from r2.model.block import torch_dropout
+from r2.sweep import bench_per_trial, to_markdown
+from r2.recipes import recipe
+from r2.runtime import pick_device, pick_precision
+from r2.train import TrainConfig
 
 DATASET = "qvhighlights"
 FPS = 0.5  # QVHighlights: one frame per 2 s clip
@@ -288,7 +287,7 @@ def run_mode(args) -> dict:
 def make_optimizer(model, device: torch.device, autocast_dtype):
     """AdamW, GradScaler and LR scheduler as r2/train.py's Trainer builds them (constant LR: the warm-up and
     drop change no cost)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=SCHEDULES[DATASET].lr, weight_decay=TrainConfig.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe(DATASET).schedule.lr, weight_decay=TrainConfig.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
     return optimizer, scaler, scheduler

@@ -74,7 +74,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from r2.errors import R2Error
+from r2.errors import ConfigError, R2Error
 
 FORMAT = "r2-cache"
 VERSION = 1
@@ -187,9 +187,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 0/4 for the first of four shards") from None
+        raise ConfigError(f"--shard {text!r}: expected I/N, e.g. 0/4 for the first of four shards") from None
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"--shard {text!r}: need 0 <= I < N")
+        raise ConfigError(f"--shard {text!r}: need 0 <= I < N")
     return i, n
 
 

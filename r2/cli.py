@@ -70,13 +70,10 @@ def add_fields(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config
 
 
 def shard(text: str) -> tuple[int, int]:
-    """--shard I/N -> (I, N) by r2.cache.parse_shard, whose ValueError is a ConfigError here (a bad flag)."""
+    """--shard I/N -> (I, N) by r2.cache.parse_shard (a ConfigError for a bad flag)."""
     from r2.cache import parse_shard  # here: the error wrapper itself needs neither h5py nor torch
 
-    try:
-        return parse_shard(text)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    return parse_shard(text)
 
 
 # ----------------------------------------------------------------------------------------------- the commands

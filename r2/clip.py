@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from r2.errors import R2Error
+from r2.errors import ConfigError, R2Error
 from r2.fetch import fetch
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -362,7 +362,7 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     for part in text.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
-            raise ValueError(f"bad CLIP layers {text!r}: write 'A-B', 'N' or 'A,B,C' with ascending 1-based block "
+            raise ConfigError(f"bad CLIP layers {text!r}: write 'A-B', 'N' or 'A,B,C' with ascending 1-based block "
                              f"numbers in 1..{n_layers}, e.g. '9-12'")
         layers.extend(range(int(match[1]), int(match[2] or match[1]) + 1))
     return _check_layers(layers, n_layers)
@@ -371,9 +371,9 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
 def _check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
     layers = [int(layer) for layer in layers]
     if not layers or any(not 1 <= layer <= n_layers for layer in layers):
-        raise ValueError(f"CLIP layers {layers} out of range: blocks are numbered 1..{n_layers}")
+        raise ConfigError(f"CLIP layers {layers} out of range: blocks are numbered 1..{n_layers}")
     if any(b <= a for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"CLIP layers {layers} must be strictly ascending block numbers in 1..{n_layers}, "
+        raise ConfigError(f"CLIP layers {layers} must be strictly ascending block numbers in 1..{n_layers}, "
                          f"e.g. [9, 10, 11, 12]")
     return layers
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from r2.errors import ConfigError
 from r2.video import ffmpeg_exe
 
 __all__ = ["CONCEPTS", "DEFAULT_VIDEOS", "GENERATOR_VERSION", "DemoQuery", "DemoVideo", "annotation", "demo_video", "make_demo"]
@@ -209,7 +210,7 @@ def make_demo(root: Path, seed: int = 0, n_videos: int = DEFAULT_VIDEOS, progres
     exists, nothing is done; otherwise only the missing videos are generated. Returns `root`.
     """
     if n_videos < 1:
-        raise ValueError(f"n_videos must be >= 1, got {n_videos}")
+        raise ConfigError(f"n_videos must be >= 1, got {n_videos}")
     root = Path(root)
     videos_dir = root / "videos"
     manifest_path = root / "manifest.json"
@@ -221,7 +222,7 @@ def make_demo(root: Path, seed: int = 0, n_videos: int = DEFAULT_VIDEOS, progres
     if manifest_path.exists():
         recorded = json.loads(manifest_path.read_text())
         if (recorded.get("seed"), recorded.get("generator_version")) != (seed, GENERATOR_VERSION):
-            raise ValueError(
+            raise ConfigError(
                 f"{manifest_path} records seed {recorded.get('seed')} / generator version "
                 f"{recorded.get('generator_version')}, not {seed} / {GENERATOR_VERSION}: use another folder or delete it"
             )

@@ -153,7 +153,7 @@ def load_annotations(cfg: ExtractConfig) -> dict[str, list[datasets.Record]]:
         return {split: datasets.load_split("demo", split, annotations=root) for split in ("train", "val")}
     if cfg.dataset == "custom":
         if not cfg.annotations:
-            raise ValueError("--dataset custom needs --annotations FILE.jsonl [FILE.jsonl ...] (split = file stem)")
+            raise ExtractConfigError("--dataset custom needs --annotations FILE.jsonl [FILE.jsonl ...] (split = file stem)")
         return {Path(p).stem: datasets.load_split("custom", Path(p).stem, annotations=Path(p), fps=cfg.fps)
                 for p in cfg.annotations}
     info = datasets.dataset_info(cfg.dataset)
@@ -169,7 +169,7 @@ def videos_dir(cfg: ExtractConfig) -> Path:
     if cfg.dataset == "demo":
         root = cfg.annotations[0] if cfg.annotations else Path(cfg.out).parent / DEMO_DIR
         return Path(root) / "videos"
-    raise ValueError(f"--dataset {cfg.dataset} needs --videos DIR, the folder holding its video files "
+    raise ExtractConfigError(f"--dataset {cfg.dataset} needs --videos DIR, the folder holding its video files "
                      f"(README: 'The six benchmarks' says where to download them)")
 
 

@@ -35,13 +35,10 @@ from r2.decode import DecodeConfig, decode_config_for
 from r2.errors import ConfigError, flag
 from r2.losses import Criterion, LossConfig, loss_config_for
 from r2.model import R2Config, R2Model, config_for
-from r2.recipes import DATASETS, by_dataset, recipe
+from r2.recipes import by_dataset, recipe
 from r2.runtime import (DEVICE, DEVICE_ALLOWED, pick_device, pick_precision, precision_name, seed_everything,
                         start_distributed)
 
-
-# A view of the recipes' schedules, for callers that index by name (bench/train.py); r2 reads recipe(name).schedule.
-SCHEDULES = {name: recipe(name).schedule for name in DATASETS}
 
 
 def _number(test: Callable[[float], bool]) -> Callable[[float], bool]:

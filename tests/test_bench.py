@@ -5,6 +5,7 @@ import importlib.util
 import io
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    """bench/<name>.py as a module; its `from common import ...` finds bench/common.py, as it does when the script
+    runs (python puts the script's folder first on the path)."""
+    if name != "common" and "common" not in sys.modules:
+        sys.modules["common"] = load_script("common")
+    spec = importlib.util.spec_from_file_location(name if name == "common" else f"bench_{name}",
+                                                  REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -78,6 +84,7 @@ def test_extract_bench_prints_one_table_with_every_row(extract_output):
         "end to end, extractor CPU": "CPU ms/frame", "end to end, ffmpeg CPU": "CPU ms/frame",
         "CPU-bound ceiling of end to end / encoder": "ratio", "cache bytes/frame, video_feats": "x raw",
         "cache bytes/frame, all files": "x raw", "cache write": "MB/s",
+        "extract, new process: first run": "s", "extract, new process: re-run, nothing to do": "s",
     }
     # the marginal rows are differences of two extraction runs: at --quick sizes on a busy machine, noise
     check_numbers(rows, {"end to end, marginal", "end to end / encoder fp32", "end to end, extractor CPU",
