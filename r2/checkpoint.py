@@ -39,7 +39,7 @@ FORMAT_VERSION = 2
 _R2_KEYS = {"model", "fingerprint", "dims", "model_config"}
 # Fingerprint fields that describe the features themselves; the others describe how they were made (decoder
 # versions, resize rule, who extracted them). --allow-feature-source lets the latter differ, never the former.
-_FEATURE_FIELDS = ("clip", "layers", "fps", "frame_size", "dtype")
+_FEATURE_FIELDS = ("clip", "layers", "fps", "frame_size")  # the stored format (dtype, scales) is a source detail
 
 
 def _git_sha() -> str | None:
@@ -169,9 +169,9 @@ def save(obj: dict, path: str | Path):
 def check_compatible(ckpt: dict, cache: Cache, what: str, allow_feature_source: bool = False):
     """Refuse features from a cache made differently from the checkpoint's.
 
-    With `allow_feature_source`, the fields that say how the features were made (source, decoder versions, resize
-    rule, precision) may differ, with a warning; the CLIP, its weights (where both sides know them), the layers,
-    fps, frame size and stored dtype must still agree."""
+    With `allow_feature_source`, the fields that say how the features were made or stored (source, decoder
+    versions, resize rule, precision, an fp16 / int8 / fp8 store) may differ, with a warning; the CLIP, its weights
+    (where both sides know them), the layers, fps and frame size must still agree."""
     if ckpt["dims"] != cache.dims:
         raise CheckpointError(f"{what} expects features with dims {ckpt['dims']}, but {cache.entry} has {cache.dims}")
     a, b = ckpt["fingerprint"], cache.fingerprint

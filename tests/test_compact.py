@@ -13,8 +13,10 @@ import torch
 from r2 import cache, clip, datasets, verify
 from r2.cache import (QUERY_AXES, STORES, VIDEO_AXES, Cache, CacheError, ShardWriter, convert, dequantize, quantize,
                       write_entry)
+from r2.checkpoint import check_compatible
 from r2.data import DeviceFeatures, GlobalBatchSampler, GroundingDataset, collate, to_device
 from r2.data import dequantize as device_dequantize
+from r2.errors import CheckpointError
 from tests.helpers import REPO, record, write_jsonl
 
 INT8, FP8 = STORES["int8"], STORES["fp8"]
@@ -178,6 +180,22 @@ def test_convert_round_trip_bytes_and_verify(tmp_path, name):
     for vid in a.videos:
         np.testing.assert_array_equal(Cache(back).video(vid), b.video(vid))
     assert Cache(back).fingerprint == FP
+
+
+def test_a_checkpoint_trained_on_fp16_features_runs_on_a_compact_copy_only_when_asked(tmp_path):
+    """A compact store is a source detail for a checkpoint: refused by default (the fingerprints differ), allowed
+    with --allow-feature-source and a warning; other features (another CLIP) stay refused."""
+    src = make_fp16_cache(tmp_path)
+    dst = tmp_path / "int8.h5"
+    convert(src, dst, "int8")
+    ckpt = {"dims": DIMS, "fingerprint": Cache(src).fingerprint}
+    with pytest.raises(CheckpointError, match=r"dtype: .*or pass --allow-feature-source"):
+        check_compatible(ckpt, Cache(dst), "best.pt")
+    with pytest.warns(UserWarning, match=r"used anyway \(--allow-feature-source\)"):
+        check_compatible(ckpt, Cache(dst), "best.pt", allow_feature_source=True)
+    other = {"dims": DIMS, "fingerprint": {**Cache(src).fingerprint, "clip": "ViT-B/32"}}
+    with pytest.raises(CheckpointError, match=r"re-extract with the checkpoint's settings, or train"):
+        check_compatible(other, Cache(dst), "best.pt", allow_feature_source=True)
 
 
 def test_convert_resumes_and_refuses(tmp_path, monkeypatch):
