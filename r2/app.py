@@ -44,7 +44,7 @@ def parse_queries(text: str | None) -> list[str]:
 def answer(predictor, video: str | None, queries_text: str | None, top: int, folder: Path) -> tuple[list, str, dict]:
     """(table rows [query, rank, start, end, score], plot PNG path, the printed JSON) for one request."""
     from r2 import viz
-    from r2.predict import display_json
+    from r2.predict.cli import display_json
 
     if not video:
         raise AppError("no video: pick or drop a video file first")

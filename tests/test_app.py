@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from r2 import app
-from r2.predict import display_json
+from r2.predict.cli import display_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one_thread, demo and predictor: tests/conftest.py
 

@@ -40,7 +40,8 @@ def test_command_prints_an_r2_error_on_one_line_and_keeps_bugs(capsys):
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
-    from r2 import app, convert, download, predict, report
+    from r2 import app, convert, download, report
+    from r2.predict import cli as predict
     from r2.metrics import __main__ as metrics_cli
 
     return {"extract": cli.extract_parser(), "merge": cli.merge_parser(), "import": cli.import_parser(),

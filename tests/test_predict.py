@@ -19,7 +19,9 @@ from r2 import clip, predict, video, viz
 from r2.data import GroundingDataset, collate
 from r2.decode import DecodeConfig, decode
 from r2.predict import (ENCODE_CHUNK, FeatureCache, Moment, Prediction, PredictError, Predictor, QueryPrediction,
-                        average_saliency, display_json, format_table, merge_moments, window_starts)
+                        average_saliency, merge_moments, window_starts)
+from r2.predict import cli as predict_cli
+from r2.predict.cli import display_json, format_table
 from r2.engine import predict_split as trained_predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,7 +241,7 @@ def test_cli_prints_a_cache_problem_as_one_warning_line(demo, tiny, tmp_path, mo
     blocker.write_text("not a folder")
     path = demo["videos"] / f"{demo['cache'].videos[0]}.mp4"
     args = _cli(demo, tmp_path / "out", "--video", str(path), "--query", "red", "--feature-cache", str(blocker))
-    assert predict.main(args) == 0
+    assert predict_cli.main(args) == 0
     err = capsys.readouterr().err.splitlines()
     assert [line for line in err if line.startswith("warning:")] == [
         f"warning: encoded-video cache: cannot write to {blocker} (File exists); the prediction goes on without it"]
@@ -343,7 +345,7 @@ class _Page(HTMLParser):
 
 
 def _cli(demo, out: Path, *extra: str) -> argparse.Namespace:
-    return predict.get_args_parser().parse_args(["--checkpoint", str(demo["checkpoint"]), "--out", str(out),
+    return predict_cli.get_args_parser().parse_args(["--checkpoint", str(demo["checkpoint"]), "--out", str(out),
                                                  "--feature-cache", str(demo["root"] / "features"), *extra])
 
 
@@ -354,7 +356,7 @@ def test_cli_writes_predictions_plot_page_chapters_and_clips(demo, tiny, tmp_pat
     out = tmp_path / "out"
     args = _cli(demo, out, "--video", str(video_path), "--annotations", str(demo["val"]), "--top", "2", "--plot",
                 "--html", "--export-clips", "--export-chapters")
-    assert predict.main(args) == 0
+    assert predict_cli.main(args) == 0
     stdout = capsys.readouterr().out
     saved = json.loads((out / f"{vid}.json").read_text())
     assert saved["video_file"] == str(video_path.resolve())
@@ -401,7 +403,7 @@ def test_cli_names_outputs_by_video_and_loads_clip_once(demo, tiny, tmp_path, mo
     (folder / "b.mkv").write_bytes(second.read_bytes())
     (folder / "notes.txt").write_text("not a video")
     (elsewhere / "a.mp4").write_bytes(third.read_bytes())  # the same name as folder/a.mp4
-    assert predict.main(_cli(demo, out, "--video", str(folder), str(elsewhere / "a.mp4"), "--query", "red")) == 0
+    assert predict_cli.main(_cli(demo, out, "--video", str(folder), str(elsewhere / "a.mp4"), "--query", "red")) == 0
     assert len(loads) == 1  # one CLIP for all three videos
     names = {p.name: json.loads(p.read_text())["video_file"] for p in out.glob("*.json")}
     assert names == {"a.json": str((folder / "a.mp4").resolve()), "b.json": str((folder / "b.mkv").resolve()),
@@ -411,10 +413,10 @@ def test_cli_names_outputs_by_video_and_loads_clip_once(demo, tiny, tmp_path, mo
     other = tmp_path / "third" / "a.mp4"  # a later call, a fourth video of that name, into the same --out
     other.parent.mkdir()
     other.write_bytes(second.read_bytes())
-    assert predict.main(_cli(demo, out, "--video", str(other), "--query", "red")) == 0
+    assert predict_cli.main(_cli(demo, out, "--video", str(other), "--query", "red")) == 0
     assert json.loads((out / "a-3.json").read_text())["video_file"] == str(other.resolve())
     assert all((out / name).read_bytes() == data for name, data in before.items())  # nothing overwritten
-    assert predict.main(_cli(demo, out, "--video", str(folder / "a.mp4"), "--query", "blue")) == 0  # same video:
+    assert predict_cli.main(_cli(demo, out, "--video", str(folder / "a.mp4"), "--query", "blue")) == 0  # same video:
     assert json.loads((out / "a.json").read_text())["queries"][0]["query"] == "blue"  # its own file is updated
     assert len(list(out.glob("*.json"))) == 4
     capsys.readouterr()
@@ -426,13 +428,13 @@ def test_cli_goes_on_after_a_bad_video_and_writes_all_moments_on_request(demo, t
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 100)
     out = tmp_path / "out"
-    assert predict.main(_cli(demo, out, "--video", str(broken), str(good), "--query", "red", "--all-moments")) == 1
+    assert predict_cli.main(_cli(demo, out, "--video", str(broken), str(good), "--query", "red", "--all-moments")) == 1
     err = capsys.readouterr().err
     assert "cannot decode video" in err and "broken.mp4" in err and "1 of 2 videos predicted, 1 failed" in err
     saved = json.loads((out / f"{good.stem}.json").read_text())
     full = Predictor(demo["checkpoint"], clip=tiny, device="cpu", feature_cache=None).predict(good, "red")
     assert saved["queries"][0]["pred_relevant_windows"] == [[m.start, m.end, m.score] for m in full.queries[0].moments]
-    assert predict.main(_cli(demo, out, "--video", str(broken), "--query", "red")) == 2
+    assert predict_cli.main(_cli(demo, out, "--video", str(broken), "--query", "red")) == 2
 
 
 def _prediction(moments: list[Moment], saliency=(0.1, 0.5, 0.9, 0.2, 0.3)) -> Prediction:
@@ -503,21 +505,21 @@ def test_refuses_other_clip_weights_and_other_fps(demo, tiny):
 
 def test_cli_errors_are_one_line(demo, tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(clip, "load_clip", lambda spec, device="cpu": tiny)
-    args = predict.get_args_parser().parse_args(["--checkpoint", str(demo["checkpoint"]), "--video",
+    args = predict_cli.get_args_parser().parse_args(["--checkpoint", str(demo["checkpoint"]), "--video",
                                                  str(tmp_path / "missing.mp4"), "--query", "q", "--no-feature-cache",
                                                  "--out", str(tmp_path)])
-    assert predict.main(args) == 2
+    assert predict_cli.main(args) == 2
     assert "missing.mp4: file not found" in capsys.readouterr().err
     args.query, args.video = [], [demo["videos"] / f"{demo['cache'].videos[0]}.mp4"]
-    assert predict.main(args) == 2
+    assert predict_cli.main(args) == 2
     assert "--query TEXT" in capsys.readouterr().err
     args.query, args.top = ["q"], -1
-    assert predict.main(args) == 2
+    assert predict_cli.main(args) == 2
     assert "--top -1: must be >= 0" in capsys.readouterr().err
     args.top, args.query = 5, ["  "]
-    assert predict.main(args) == 2
+    assert predict_cli.main(args) == 2
     assert "--query '': a query needs some text" in capsys.readouterr().err
     args.query, args.annotations = ["q"], tmp_path / "gt.jsonl"
-    assert predict.main(args) == 2
+    assert predict_cli.main(args) == 2
     assert f"--annotations {tmp_path / 'gt.jsonl'}: file not found" in capsys.readouterr().err
     assert r2.Predictor is Predictor
