@@ -118,10 +118,12 @@ def test_trained_model_beats_untrained(demo, tmp_path):
     best = trainer.fit()
     after = json.loads((tmp_path / "learn" / "metrics.json").read_text())
     assert best["value"] == after["MR-full-mAP"]
-    # measured (relu(h) model, SPEC §3): mAP 22 -> 67, R1@0.5 33 -> 75, HL VeryGood mAP 15 -> 41
+    # measured (demo v2, 12 videos, 38 queries): mAP 17 -> 81, R1@0.5 8 -> 89, HL Good mAP 28 -> 59. Highlights are
+    # checked at "Good" (every annotator >= 3): the demo's segments are short, and only a window of 5+ clips has a
+    # centre clip all three annotators may score 4 ("VeryGood"), so that bucket is a handful of clips here.
     assert after["MR-full-mAP"] >= before["MR-full-mAP"] + 15
     assert after["MR-full-R1@0.5"] >= before["MR-full-R1@0.5"] + 25
-    assert after["HL-min-VeryGood-mAP"] >= before["HL-min-VeryGood-mAP"] + 10
+    assert after["HL-min-Good-mAP"] >= before["HL-min-Good-mAP"] + 15
 
 
 def test_evaluate_cli_and_cache_mismatch(run3, demo, tmp_path):
