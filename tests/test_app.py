@@ -8,7 +8,7 @@ import pytest
 from r2 import app
 from r2.predict.cli import display_json
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # one_thread, demo and predictor: tests/conftest.py
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # one_thread, demo and predictor: tests/conftest.py; slow: a gradio server and client (about 20 s)
 
 REPO = Path(__file__).resolve().parents[1]
 

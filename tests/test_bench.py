@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmark scripts run end to end (about 1.5 minutes in all)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -149,7 +151,6 @@ COMPILE_ROWS = {"step, torch.compile: s/step": "s", "step: torch.compile / fast"
                 "step, torch.compile: graph breaks": "count"}
 
 
-@pytest.mark.slow
 def test_train_bench_step_only_with_compile(tmp_path):
     """--compile adds torch.compile(model) to the step comparison: its rows, no graph break, its per-op table."""
     out = run_quick("train", tmp_path / "w", "--step-only", "--compile", "--ab-rounds", "1", "--ops", "3")

@@ -90,6 +90,7 @@ def test_shard_flag_errors_are_config_errors():
         cli.shard("4/4")
 
 
+@pytest.mark.slow  # new Python processes importing r2 (~8 s)
 def test_r2_imports_from_any_folder_and_console_scripts_run(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import r2; r2.Predictor; print(r2.__version__)"], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})

@@ -179,6 +179,7 @@ def test_tiny_is_deterministic_and_leaves_global_rng_alone(tiny, frames):
     assert any(not torch.equal(other[k], v) for k, v in rc.tiny_clip_state_dict(seed=0).items())
 
 
+@pytest.mark.slow  # writes and hashes two full-size checkpoints (~4 s)
 def test_checksum_same_from_torchscript_and_state_dict_files(tiny, tmp_path):
     state_dict = rc.tiny_clip_state_dict()
     archive = rc.write_clip_checkpoint(state_dict, tmp_path / "tiny_jit.pt", torchscript=True)

@@ -121,6 +121,7 @@ def test_custom_dataset_with_a_broken_video_logs_it_and_goes_on(tmp_path, capsys
     assert all("error" in f and f["error"] for f in failures(out))
 
 
+@pytest.mark.slow  # an extraction killed, then resumed (~13 s)
 def test_sigkill_mid_extraction_then_rerun_completes(tmp_path):
     """kill -9 the CLI while it writes, several times, then re-run: every video present exactly once."""
     make_demo(tmp_path / "demo", n_videos=12, progress=False)  # where extraction looks for the demo videos

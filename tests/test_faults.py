@@ -18,6 +18,8 @@ from r2.cache import Cache, CacheError, parts_dir, read_segment_index
 from r2.verify import verify
 from tests.helpers import extract_cmd, load_cli, make_video, record, run, start, write_jsonl
 
+pytestmark = pytest.mark.slow  # extractions killed and resumed, a disk filled, shards raced (about 30 s)
+
 # (lavfi source, seconds, query): 8 short videos, 5-7 frames each at 0.5 fps; 6 train, 2 val
 VIDEOS = [
     ("color=c=red", 10, "a red screen"), ("color=c=blue", 12, "a blue screen"),
@@ -131,7 +133,6 @@ def test_merge_rebuilds_a_lost_entry_and_reports_a_missing_shard(corpus, clean, 
 
 
 
-@pytest.mark.slow  # repeated extractions killed and resumed
 def test_extraction_killed_at_random_points_then_resumed(corpus, clean, tmp_path):
     """SIGKILL the extractor three times at random moments while it writes, resume each time: every video exactly
     once, the cache verifies after every kill, and the features equal an uninterrupted extraction's."""
@@ -225,7 +226,6 @@ def _log_without_times(run_dir: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
-@pytest.mark.slow  # two training runs, one killed
 def test_training_killed_mid_epoch_then_resumed_matches_uninterrupted(clean, tmp_path):
     straight = start(_fit_cmd(clean, tmp_path / "straight"))
     killed_dir = tmp_path / "killed"

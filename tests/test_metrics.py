@@ -274,6 +274,7 @@ def _hull_r1(first, windows):
     return inter / (max(first[1], best[1]) - min(first[0], best[0]))
 
 
+@pytest.mark.slow  # the whole QVHighlights val split (~4 s)
 def test_real_qvhighlights_val_perfect_predictions(data_root):
     ground = read_jsonl(data_root / "qvhighlights" / "highlight_val_release.jsonl")
     perfect = [{"qid": d["qid"], "vid": d["vid"], "pred_relevant_windows": [w + [1.0] for w in d["relevant_windows"]]}
@@ -288,6 +289,7 @@ def test_real_qvhighlights_val_perfect_predictions(data_root):
     assert m == {k: 100.0 for k in m} and len(m) == 8
 
 
+@pytest.mark.slow  # the whole QVHighlights test split (~7 s)
 def test_real_qvhighlights_test_fixed_window_baseline(data_root):
     ground = read_jsonl(data_root / "qvhighlights" / "highlight_test_with_gt.jsonl")
     base = [{"qid": d["qid"], "vid": d["vid"], "pred_relevant_windows": [[0, 30, 0.5], [30, 60, 0.4]],

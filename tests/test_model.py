@@ -359,6 +359,7 @@ def test_compiled_model_has_no_graph_break_and_matches_eager():
         torch.testing.assert_close(compiled_grads[name], ref, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow  # torch.compile (~5 s)
 def test_compiled_input_checks_still_fail_loudly():
     """Under torch.compile the mask checks run inside the graph: a mask with a hole still stops the forward."""
     model = tiny_model()

@@ -46,6 +46,7 @@ def nncore_file(path: Path, state_dict: dict, **extra) -> Path:
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
+@pytest.mark.slow  # converts the reference checkpoint both ways (~7 s)
 def test_convert_both_ways_is_lossless(qvh_official, tmp_path):
     to_r2 = run("-m", "r2.convert", QVH_PTH, "--dataset", "qvhighlights", "--out", tmp_path / "run" / "best.pt")
     assert to_r2.returncode == 0, to_r2.stderr
@@ -205,6 +206,7 @@ def release(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # imports generated official features and evaluates (~20 s)
 def test_import_official_then_evaluate_the_authors_checkpoint(release, tmp_path):
     entry = tmp_path / "cache" / "qvh.h5"
     args = ["extract/import_official.py", "--dataset", "qvhighlights", "--features", release, "--annotations",

@@ -302,6 +302,7 @@ def _stub_encoder(held: list):
     return encode_frames
 
 
+@pytest.mark.slow  # a 20-minute video through sliding windows (~8 s)
 def test_twenty_minute_video_streams_through_windows(demo, predictor, tmp_path, monkeypatch):
     path = tmp_path / "long.mp4"
     sources = "".join(f"color=c={c}:s=64x48:r=1:d=300[v{i}];" for i, c in enumerate(("red", "blue", "lime", "red")))

@@ -20,6 +20,8 @@ from r2.checkpoint import load_checkpoint
 from r2.errors import CheckpointError
 from r2.train import WARMUP_CAP, ConfigError, TrainConfig, Trainer, evaluate_checkpoint, evaluate_split, fit_schedule
 
+pytestmark = pytest.mark.slow  # every test here trains on an extracted demo cache: 30 epochs, torchrun, torch.compile, resumes
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(batch_size=4, hidden=64, workers=0, progress=False)
 
@@ -80,7 +82,6 @@ def test_run_folder_holds_everything(run3, demo):
     assert ckpt["epoch"] == best["epoch"] and ckpt["train_frames"] > 0
 
 
-@pytest.mark.slow  # three more training runs
 def test_same_seed_same_metrics_and_resume_equals_uninterrupted(run3, demo, tmp_path):
     again = tmp_path / "again"
     Trainer(TrainConfig(cache=str(demo), epochs=3, out=str(again), **SMALL)).fit()
@@ -94,7 +95,6 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(run3, demo, tmp_
     assert json.loads((stopped / "metrics.json").read_text()) == json.loads((run3 / "metrics.json").read_text())
 
 
-@pytest.mark.slow  # 30 epochs of training
 def test_preload_cpu_trains_exactly_like_streaming(run3, demo, tmp_path, capsys):
     """--preload cpu: the training split resident in memory, batches built by indexing (no DataLoader): the same
     batches, so the same losses, metrics and weights as streaming from the cache."""
@@ -148,7 +148,6 @@ def test_fit_cli_overrides_and_bad_cache(tmp_path):
     assert code.returncode == 2 and "no such cache" in code.stderr and "extract/run.py" in code.stderr
 
 
-@pytest.mark.slow  # two torchrun processes and a second run
 def test_two_process_gloo_matches_single_process(demo, tmp_path):
     """torchrun with 2 CPU processes (gloo), global batch 4 = 2 x 2, against one process with batch 4.
 
@@ -269,7 +268,6 @@ def test_warmup_is_capped_and_config_json_holds_resolved_values(run3, demo, tmp_
                             **SMALL))
 
 
-@pytest.mark.slow  # torch.compile's first compilation: minutes on a loaded 2-core machine
 def test_compile_trains_one_epoch_and_saves_the_plain_model(demo, tmp_path):
     out = tmp_path / "compiled"
     trainer = Trainer(TrainConfig(cache=str(demo), epochs=1, compile=True, out=str(out), **SMALL))

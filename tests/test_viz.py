@@ -120,6 +120,7 @@ def _error_text(dom: str) -> str | None:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium to load the page in: install it with "
                                              "`apt-get install -y chromium` (.ci/run does)")
+@pytest.mark.slow  # starts headless Chromium (~5 s)
 def test_page_in_headless_chromium(tmp_path):
     source = _video(tmp_path / "v.mp4")
     page = viz.write_html(_pred(str(source)), tmp_path / "page.html")
