@@ -268,7 +268,12 @@ def test_warmup_is_capped_and_config_json_holds_resolved_values(run3, demo, tmp_
                             **SMALL))
 
 
-def test_compile_trains_one_epoch_and_saves_the_plain_model(demo, tmp_path):
+def test_compile_trains_one_epoch_and_saves_the_plain_model(demo, tmp_path, monkeypatch):
+    """--compile's wiring: the steps and evaluations run the torch.compile'd model, the checkpoint holds the plain
+    one. Compiled with dynamo's "eager" backend (the whole trace, no inductor code generation, which takes minutes
+    per batch shape on a 2-core CPU); inductor's compiled == eager is tests/test_model.py's."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, backend="eager", **kw))
     out = tmp_path / "compiled"
     trainer = Trainer(TrainConfig(cache=str(demo), epochs=1, compile=True, out=str(out), **SMALL))
     assert trainer.train_model is not trainer.model and trainer.train_model._orig_mod is trainer.model
