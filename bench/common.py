@@ -1,4 +1,5 @@
-"""What both benchmark scripts share: size defaults and the machine description printed with each table."""
+"""What the benchmark scripts share: size defaults, the scratch folder and the machine description printed with
+each table."""
 import argparse
 import os
 from pathlib import Path
@@ -13,6 +14,17 @@ def fill_defaults(args: argparse.Namespace, full: dict, quick: dict) -> argparse
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
+
+
+def work_folder(given: str | Path | None, temporary: str) -> Path:
+    """The scratch folder: --work (created; refused unless empty, since caches left there would be skipped, not
+    re-made) or the run's temporary folder."""
+    work = Path(given) if given else Path(temporary)
+    if work.exists() and any(work.iterdir()):
+        raise SystemExit(f"--work {work} is not empty: caches left there would be skipped, not re-made; pass an "
+                         f"empty or new folder")
+    work.mkdir(parents=True, exist_ok=True)
+    return work
 
 
 def machine() -> str:

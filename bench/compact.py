@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import fill_defaults, machine
+from common import fill_defaults, machine, work_folder
 from r2 import cache, engine, verify
 from r2.data import GroundingDataset
 from r2.demo import make_demo
@@ -139,11 +139,7 @@ def main(args) -> pd.DataFrame:
     before = machine()
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="r2-bench-compact-") as tmp:
-        work = Path(args.work) if args.work else Path(tmp)
-        if work.exists() and any(work.iterdir()):
-            raise SystemExit(f"--work {work} is not empty: its caches would be skipped, not re-made; pass an empty "
-                             f"or new folder")
-        work.mkdir(parents=True, exist_ok=True)
+        work = work_folder(args.work, tmp)
         try:
             table = pd.DataFrame(measure(args, work))
         finally:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import fill_defaults, machine
+from common import fill_defaults, machine, work_folder
 from r2 import cache, clip, video
 from r2.extract import ExtractConfig, extract
 from r2.sweep import to_markdown
@@ -263,11 +263,7 @@ def main(args) -> pd.DataFrame:
     before = machine()
     try:
         with tempfile.TemporaryDirectory(prefix="r2-bench-extract-") as tmp:
-            work = Path(args.work) if args.work else Path(tmp)
-            if work.exists() and any(work.iterdir()):
-                raise SystemExit(f"--work {work} is not empty: a cache left there would be skipped, not "
-                                 f"re-extracted; pass an empty or new folder")
-            work.mkdir(parents=True, exist_ok=True)
+            work = work_folder(args.work, tmp)
             table = pd.DataFrame(measure(args, work))
     finally:
         torch.set_num_threads(threads)

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from common import fill_defaults, machine, nominal_peak_gflops
+from common import fill_defaults, machine, nominal_peak_gflops, work_folder
 from r2 import clip, engine
 from r2.cache import Cache, ShardWriter, write_entry
 from r2.data import GroundingDataset, Preloaded, collate, to_device
@@ -529,10 +529,7 @@ def main(args) -> pd.DataFrame | dict:
     args = resolve(args)
     before = machine() + (f" (children: --threads {args.threads})" if args.threads else "")
     with tempfile.TemporaryDirectory(prefix="r2-bench-train-") as tmp:
-        work = Path(args.work) if args.work else Path(tmp)
-        if work.exists() and any(work.iterdir()):
-            raise SystemExit(f"--work {work} is not empty: pass an empty or new folder")
-        work.mkdir(parents=True, exist_ok=True)
+        work = work_folder(args.work, tmp)
         rows, tables = measure(args, work)
         table = pd.DataFrame(rows)
     after = "/".join(f"{x:.1f}" for x in os.getloadavg())

@@ -187,7 +187,7 @@ def test_train_bench_qvhighlights_records_load(tmp_path):
 
 def test_non_empty_work_folder_is_refused(tmp_path):
     (tmp_path / "left-over.h5").write_text("")
-    for name in ("extract", "train"):
+    for name in ("extract", "train", "compact"):
         bench = load_script(name)
         with pytest.raises(SystemExit, match="not empty"):
             bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path)]))
