@@ -359,6 +359,22 @@ def test_compiled_model_has_no_graph_break_and_matches_eager():
         torch.testing.assert_close(compiled_grads[name], ref, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow  # torch.compile (~4 s)
+def test_compiled_dropout_takes_a_new_p_in_the_same_process():
+    """Once torch.compile has seen two dropout rates it traces p as a symbolic float (a --dropout sweep in one
+    process, or two models of one test session): the mask is still one graph and still inverted dropout."""
+    from r2.model.block import Dropout
+
+    torch._dynamo.reset()
+    x = torch.ones(64, 50, 77)
+    for p in (0.1, 0.3, 0.5, 0.25):
+        torch.manual_seed(0)
+        mask = torch.compile(Dropout(p).train(), backend="eager", fullgraph=True)(x)
+        keep = 1 - p
+        assert mask.unique().tolist() == [0.0, torch.tensor(1 / keep).item()], p
+        assert abs((mask > 0).float().mean().item() - keep) < 4 * math.sqrt(keep * p / mask.numel()), p
+
+
 @pytest.mark.slow  # torch.compile (~5 s)
 def test_compiled_input_checks_still_fail_loudly():
     """Under torch.compile the mask checks run inside the graph: a mask with a hole still stops the forward."""

@@ -29,7 +29,6 @@ the fast path's Functions read per-sample lengths on the host and keep Python-si
 which would break the graph.
 """
 import math
-import struct
 from contextlib import contextmanager
 
 import torch
@@ -74,11 +73,13 @@ def keep_values(words: torch.Tensor, n: int, p: float, out: torch.Tensor | None 
     Integer ops only (CPU `bernoulli_` costs ~17 ns an entry, this ~0.3 ns at p = 0.5 and ~4 ns otherwise). p = 0.5:
     bits 0..30 of word i are entries i, words + i, ..., 30·words + i, exact. Other p: entry i is kept iff the low 31
     bits of word i are below round((1-p)·2^31), so P(keep) is within 2^-32 of 1-p (torch's float bernoulli draws
-    24 bits). The value 1/(1-p) is written as its float32 bit pattern, so it is exact. `out` (int32, at least
+    24 bits). The value 1/(1-p) is written as its float32 bit pattern, so it is exact; that pattern is a 0-d tensor,
+    not a Python int, because torch.compile turns p into a symbolic float once it has seen two values of it (a
+    sweep of --dropout in one process), and a symbolic float has no bit pattern in Python. `out` (int32, at least
     31·len(words) entries at p = 0.5, else len(words)) is written instead of a new tensor (`Workspace`).
     """
     keep = 1.0 - p
-    scale_bits = struct.unpack("<i", struct.pack("<f", 1.0 / keep))[0]  # float32 1/(1-p) as int32 bits
+    scale_bits = torch.full((), 1.0 / keep, dtype=torch.float32, device=words.device).view(torch.int32)  # () bits
     if keep == 0.5:
         shift = (30 - torch.arange(31, dtype=torch.int32, device=words.device))[:, None]  # (31, 1)
         size = (31, words.numel())
