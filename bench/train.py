@@ -24,8 +24,9 @@ What is measured (each mode in its own Python process, so its peak RSS is its ow
                 With --compile, torch.compile(model) (train/fit.py --compile) is a third variant in the same
                 interleaving: its graph breaks (torch._dynamo.explain), its first step (the compile), s/step
                 and its per-op table (compiled code traces the plain path: R2Block.fast applies to eager only).
+                `--compile eager` (or aot_eager) compiles with that backend instead of inductor.
   sweep         `r2.sweep.bench_per_trial` on a small demo cache (tiny CLIP): seconds per trial in one sweep
-                versus separate train/fit.py runs.
+                versus separate train/fit.py runs, and the sweep's overhead around its trials (% of a trial).
 
 Every mode's step is `r2.engine.train_step`, the function r2/train.py's Trainer calls (autocast, GradScaler,
 grad-norm clip 35, AdamW, LR scheduler). `--step-only` runs just the step comparison (the QVHighlights-shape
@@ -99,8 +100,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ab-rounds", type=int, help="interleaved fast/plain step pairs of the step comparison (default 3)")
     p.add_argument("--step-only", action="store_true", help="only the step comparison (no (a)/(b)/(d), no sweep)")
     p.add_argument("--ops", type=int, default=12, help="rows of each per-op table (default 12)")
-    p.add_argument("--compile", action="store_true",
-                   help="add torch.compile(model) to the step comparison (its graph breaks, compile time, s/step)")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="add torch.compile(model, backend=BACKEND) to the step comparison (its graph breaks, compile "
+                        "time, s/step); BACKEND defaults to inductor, what train/fit.py --compile uses; eager or "
+                        "aot_eager time dynamo's trace (and AOTAutograd's) without inductor's code generation")
     # internal: run one mode in this process and print its result as JSON
     p.add_argument("--mode", choices=list(MODES) + [STEP], help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
@@ -330,7 +333,7 @@ def run_step_comparison(args) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     calls = [0]
     variants = ["fast", "plain"] + (["compiled"] if args.compile else [])
-    compiled = torch.compile(model) if args.compile else None
+    compiled = torch.compile(model, backend=args.compile) if args.compile else None
 
     def step(variant: str):
         model.block.fast = variant == "fast"
@@ -394,7 +397,8 @@ def spawn_mode(mode: str, args, entry: Path, spec: str) -> dict:
     if args.clip_videos:
         cmd += ["--clip-videos", str(args.clip_videos)]
     if mode == STEP:
-        cmd += ["--ab-rounds", str(args.ab_rounds), "--ops", str(args.ops)] + (["--compile"] if args.compile else [])
+        cmd += ["--ab-rounds", str(args.ab_rounds), "--ops", str(args.ops)]
+        cmd += ["--compile", args.compile] if args.compile else []
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -485,6 +489,9 @@ def measure(args, work: Path) -> list[dict]:
         setting = ", ".join(f"{k}={v}" for k, v in s["fixed"].items())
         row("sweep: seconds per trial", s["sweep_s_per_trial"], "s/trial",
             f"demo cache ({args.sweep_demo_videos} videos, tiny CLIP), {s['trials']} trials, {setting}")
+        row("sweep: a trial's own seconds", s["trial_s"], "s/trial", "r2.sweep.run_trial: Trainer, fit, trial.json")
+        row("sweep: overhead per trial", 100 * s["overhead"], "% of a trial",
+            "(sweep wall / trials - a trial's own seconds) / a trial's own seconds; target <= 5")
         row("separate train/fit.py: seconds per trial", s["fit_s_per_trial"], "s/trial", "one process per trial")
         row("sweep speed-up per trial", s["fit_s_per_trial"] / s["sweep_s_per_trial"], "x")
     return rows, tables
@@ -507,10 +514,10 @@ def step_rows(row, s: dict, args, shape: str):
         row(f"step, {name}: GFLOP/s", rate, "GFLOP/s", note)
     if "compiled_s" in s:
         row("step, torch.compile: s/step", s["compiled_s"], "s",
-            f"torch.compile(model), default inductor; {s['graph_breaks']} graph breaks (torch._dynamo.explain)")
+            f"torch.compile(model, backend={args.compile!r}); {s['graph_breaks']} graph breaks (torch._dynamo.explain)")
         row("step: torch.compile / fast", s["compiled_ratio"], "ratio", "median of the per-variant ratios")
         row("step, torch.compile: samples/s", b / s["compiled_s"], "samples/s")
-        row("step, torch.compile: first step", s["compile_s"], "s", "tracing + inductor compile of forward and backward")
+        row("step, torch.compile: first step", s["compile_s"], "s", f"tracing + {args.compile} compile of forward and backward")
         row("step, torch.compile: graph breaks", s["graph_breaks"], "count", "0: the whole forward is one graph")
     if peak:
         row("nominal fp32 peak", peak, "GFLOP/s", peak_note)
@@ -533,7 +540,8 @@ def main(args) -> pd.DataFrame | dict:
         rows, tables = measure(args, work)
         table = pd.DataFrame(rows)
     after = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    flags = "".join(f" --{name}" for name in ("quick", "step-only", "compile") if getattr(args, name.replace("-", "_")))
+    flags = "".join(f" --{name}" for name in ("quick", "step-only") if getattr(args, name.replace("-", "_")))
+    flags += f" --compile {args.compile}" if args.compile else ""
     print(to_markdown(table, f"bench/train.py{flags} on {before} (at the end: {after})"))
     for name, ops in tables.items():
         print(f"Per-op self time, one training step, {name} (torch.profiler):\n")

@@ -434,7 +434,10 @@ def _eval_split(trials: list[Trial]) -> str:
 def bench_per_trial(cache: str | Path, out: str | Path, n_trials: int = 2, **fixed) -> dict:
     """Wall seconds per trial of `n_trials` identical-workload trials (seeds 1..n) run as one sweep versus as
     separate `train/fit.py` processes, with the same TrainConfig overrides `fixed` (e.g. epochs=1, hidden=64).
-    The sweep's time includes opening and preloading the cache; each fit.py run pays its own start-up."""
+    The sweep's time includes opening and preloading the cache; each fit.py run pays its own start-up. The sweep's
+    overhead is its wall time per trial less the trials' own mean time (`run_trial`: build the Trainer, fit, write
+    trial.json), as a fraction of the latter: what the sweep adds around its trials (checking every trial's config,
+    opening and preloading the cache, ranking and rewriting results.csv / .md after each trial)."""
     out = Path(out)
     seeds = list(range(1, n_trials + 1))
     start = time.time()
@@ -444,6 +447,7 @@ def bench_per_trial(cache: str | Path, out: str | Path, n_trials: int = 2, **fix
     sweep_s = (time.time() - start) / n_trials
     if result.failed:
         raise RuntimeError(f"bench_per_trial: {result.failed} sweep trials failed; see {result.out}/results.md")
+    trial_s = float(result.table["seconds"].mean())
     fit = Path(__file__).resolve().parents[1] / "train" / "fit.py"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in fixed.items() if not isinstance(v, bool)]
     flags += [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in fixed.items() if isinstance(v, bool)]
@@ -453,4 +457,5 @@ def bench_per_trial(cache: str | Path, out: str | Path, n_trials: int = 2, **fix
                         "--out", str(out / f"fit-seed{seed}"), *flags], check=True, capture_output=True)
     fit_s = (time.time() - start) / n_trials
     return {"trials": n_trials, "sweep_s_per_trial": round(sweep_s, 2), "fit_s_per_trial": round(fit_s, 2),
+            "trial_s": round(trial_s, 2), "overhead": (sweep_s - trial_s) / trial_s,
             "saved_s_per_trial": round(fit_s - sweep_s, 2), "speedup": round(fit_s / sweep_s, 2)}
