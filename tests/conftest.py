@@ -1,5 +1,6 @@
 """Shared test setup: the benchmarks' annotation files (../shared/data beside the checkout, or $R2_DATA), and the
-fixtures several test modules use: the tiny CLIP, one demo extraction per session and a checkpoint trained on it."""
+fixtures several test modules use: the tiny CLIP, a random-weight ViT-B/32 file, one demo extraction per session
+and a checkpoint trained on it."""
 import os
 from pathlib import Path
 
@@ -40,6 +41,15 @@ def tiny():
     from r2 import clip
 
     return clip.load_clip("tiny")
+
+
+@pytest.fixture(scope="session")
+def vit_b32_file(tmp_path_factory) -> Path:
+    """A full-size ViT-B/32 in OpenAI's TorchScript format with random weights (the real weights cannot be downloaded
+    here): written once per session (~8 s), read (never written) by the tests of the real architecture."""
+    from r2 import clip
+
+    return clip.write_vit_b32_checkpoint(tmp_path_factory.mktemp("vit-b32") / "ViT-B-32.pt")
 
 
 @pytest.fixture(scope="session")

@@ -194,9 +194,8 @@ def test_checksum_same_from_torchscript_and_state_dict_files(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_vit_b32_torchscript_checkpoint(tmp_path):
-    path = rc.write_vit_b32_checkpoint(tmp_path / "ViT-B-32.pt")
-    clip = load_clip(str(path))
+def test_full_size_vit_b32_torchscript_checkpoint(vit_b32_file):
+    clip = load_clip(str(vit_b32_file))
     assert (clip.vision_width, clip.text_width, clip.tokens, clip.image_size) == (768, 512, 50, 224)
     assert (clip.vision_layers, clip.text_layers) == (12, 12)
     assert all(p.dtype == torch.float32 for p in clip.model.parameters())

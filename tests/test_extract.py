@@ -145,9 +145,9 @@ def test_sigkill_mid_extraction_then_rerun_completes(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_vit_b32_checkpoint_through_the_cli(tmp_path):
+def test_full_size_vit_b32_checkpoint_through_the_cli(vit_b32_file, tmp_path):
     """The real code path: an OpenAI-format ViT-B/32 file (random weights) passed as --clip PATH."""
-    ckpt = clip.write_vit_b32_checkpoint(tmp_path / "ViT-B-32.pt")
+    ckpt = vit_b32_file
     videos = tmp_path / "videos"
     videos.mkdir()
     make_video(videos / "v.mp4", "color=c=blue", 4, size="96x64")

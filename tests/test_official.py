@@ -283,12 +283,12 @@ def test_converted_model_is_the_official_one(qvh_official):
 
 
 @pytest.mark.slow
-def test_predict_with_the_authors_checkpoint(tmp_path):
+def test_predict_with_the_authors_checkpoint(vit_b32_file, tmp_path):
     """r2.predict on a new video with an official file: ViT-B/32 taps (a random-weight OpenAI-format file here,
     as the real weights cannot be downloaded in CI) feed the authors' model."""
-    from r2 import clip, video
+    from r2 import video
 
-    vit = clip.write_vit_b32_checkpoint(tmp_path / "ViT-B-32.pt")
+    vit = vit_b32_file
     clip_file = tmp_path / "v.mp4"
     subprocess.run([video.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=s=96x64:r=4:d=12",
                     "-pix_fmt", "yuv420p", str(clip_file)], check=True)
