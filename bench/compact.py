@@ -14,7 +14,10 @@ What the change measures: training is chaotic, so any change of the inputs, even
 noise, moves the final metric by about the run-to-run spread. The `fp16, seed + 1` row (the fp16 cache trained
 with the next seed) shows that spread: a store's change is only a measured accuracy cost where it is larger. The
 "same weights" columns remove the training from the comparison: the fp16 run's final model evaluated on each
-store's val features (decoded as training decodes them), against the same model on the fp16 features.
+store's val features (decoded as training decodes them), against the same model on the fp16 features; the val
+splits are small (tens of queries: one query's AP is several mAP points), so the same comparison is also made on
+the train split, whose several times more queries resolve smaller changes (the model has seen those videos, so
+it says how much quantization moves the outputs, not how well they generalise).
 """
 from __future__ import annotations
 
@@ -94,12 +97,12 @@ def train(entry: Path, out: Path, args, seed: int) -> tuple[dict[str, float], Tr
     return {m: float(last[f"val_{m}"]) for m in METRICS}, trainer
 
 
-def evaluate_on(trainer: Trainer, entry: Path) -> dict[str, float]:
-    """The trainer's model on the val split of another cache of the same videos."""
-    data = GroundingDataset(cache.Cache(entry), "val", train=False)
+def evaluate_on(trainer: Trainer, entry: Path, split: str) -> dict[str, float]:
+    """The trainer's model on a split of another cache of the same videos, and the split's query count."""
+    data = GroundingDataset(cache.Cache(entry), split, train=False)
     _, scores = engine.evaluate_split(trainer.model, data, trainer.dec_cfg, trainer.device, trainer.autocast_dtype,
                                       trainer.cfg.batch_size, 0)
-    return {m: float(scores[m]) for m in METRICS}
+    return {m: float(scores[m]) for m in METRICS} | {"queries": len(data)}
 
 
 def measure(args, work: Path) -> list[dict]:
@@ -116,7 +119,8 @@ def measure(args, work: Path) -> list[dict]:
             if store == "fp16":
                 reference = trainer
         runs["fp16, seed + 1"] = train(fp16, work / "runs" / f"{name}-fp16-seed", args, args.seed + 1)[0]
-        same = {store: evaluate_on(reference, entry) for store, entry in entries.items()}
+        same = {split: {store: evaluate_on(reference, entry, split) for store, entry in entries.items()}
+                for split in ("val", "train")}
         for label, scores in runs.items():
             store = label.split(",")[0]
             row = {"set": name, "store": label,
@@ -124,8 +128,11 @@ def measure(args, work: Path) -> list[dict]:
             for m in METRICS:
                 row[m] = scores[m]
                 row[f"Δ {m}"] = scores[m] - runs["fp16"][m]
-            for m in METRICS:
-                row[f"Δ {m}, same weights"] = same[store][m] - same["fp16"][m] if label == store else None
+            for split in ("val", "train"):
+                for m in METRICS:
+                    row[f"Δ {m}, same weights, {split}"] = (same[split][store][m] - same[split]["fp16"][m]
+                                                            if label == store else None)
+            row["queries val / train"] = f"{same['val']['fp16']['queries']} / {same['train']['fp16']['queries']}"
             worst, mean, magnitude = decode_error(fp16, entries[store]) if store != "fp16" else (0.0, 0.0, None)
             row["max abs err"], row["mean abs err"] = worst, mean
             row["note"] = (f"features' mean |x| {magnitude:.3g}" if magnitude is not None else

@@ -183,6 +183,32 @@ def test_train_bench_qvhighlights_records_load(tmp_path):
         assert record["duration"] == 10 and record["relevant_windows"] and record["saliency_scores"]
 
 
+def test_compact_bench_prints_its_table(tmp_path):
+    """bench/compact.py on the smallest sets: a row per (set, run), compact stores at <= 0.51x the fp16 bytes, fp8
+    decoding further from fp16 than int8, the fp16 rows the zero of every change, same-weights columns for both
+    splits with their query counts."""
+    out = run_quick("compact", tmp_path / "w", "--demo-videos", "6", "--custom-videos", "6", "--epochs", "1")
+    assert re.search(r"^### bench/compact.py --quick: demo 6 \+ custom 6 videos, .*1 epochs .*on .+ cores", out, re.M)
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split(" | ")))) for line in lines[2:]]
+    labels = ["fp16", "int8", "fp8", "fp16, seed + 1"]
+    assert [(r["set"], r["store"]) for r in rows] == [(s, label) for s in ("demo", "custom") for label in labels]
+    same = [f"Δ {m}, same weights, {split}" for split in ("val", "train") for m in ("MR-full-R1@0.5", "MR-full-mAP")]
+    for r in rows:
+        assert re.fullmatch(r"\d+ / \d+", r["queries val / train"])
+        if r["store"] == "fp16":
+            assert float(r["bytes / fp16"]) == 1 and float(r["max abs err"]) == 0
+            assert all(float(r[c]) == 0 for c in same + ["Δ MR-full-R1@0.5", "Δ MR-full-mAP"])
+        elif r["store"] in ("int8", "fp8"):
+            assert float(r["bytes / fp16"]) <= 0.51 and all(math.isfinite(float(r[c])) for c in same)
+        else:  # the spread row has no same-weights comparison
+            assert all(r[c] == "-" for c in same)
+    for name in ("demo", "custom"):
+        err = {r["store"]: float(r["mean abs err"]) for r in rows if r["set"] == name}
+        assert 0 < err["int8"] < err["fp8"] < 0.05
+
+
 def test_non_empty_work_folder_is_refused(tmp_path):
     (tmp_path / "left-over.h5").write_text("")
     for name in ("extract", "train", "compact"):
