@@ -18,7 +18,7 @@ import types
 import typing
 from pathlib import Path
 
-from r2.errors import ConfigError, command, flag
+from r2.errors import command, flag
 
 __all__ = ["add_fields", "field_type", "flag", "help_of", "shard"]
 
@@ -264,7 +264,7 @@ Exit code 0 when the run finished; 2 for a setting or file it cannot use (before
 
 
 def fit_parser() -> argparse.ArgumentParser:
-    from r2.train import TrainConfig
+    from r2.train_config import TrainConfig
 
     p = _parser("r2-fit", FIT_DOC)
     add_fields(p, TrainConfig, required=("cache",))
@@ -273,7 +273,8 @@ def fit_parser() -> argparse.ArgumentParser:
 
 @command
 def fit_main(args) -> int:
-    from r2.train import TrainConfig, Trainer
+    from r2.train import Trainer
+    from r2.train_config import TrainConfig
 
     trainer = Trainer(TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}))
     best = trainer.fit()
@@ -297,7 +298,7 @@ Exit code 0, or 2 with one "error: ..." line for a checkpoint, cache or flag it 
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    from r2.train import EvaluateConfig
+    from r2.train_config import EvaluateConfig
 
     p = _parser("r2-evaluate", EVALUATE_DOC)
     add_fields(p, EvaluateConfig, required=("checkpoint", "cache"))
@@ -308,7 +309,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
 def evaluate_main(args) -> int:
     import json
 
-    from r2.train import EvaluateConfig, evaluate_checkpoint
+    from r2.train import evaluate_checkpoint
+    from r2.train_config import EvaluateConfig
 
     cfg = EvaluateConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvaluateConfig)})
     scores, out = evaluate_checkpoint(cfg.checkpoint, cfg.cache, cfg.split, cfg.out, cfg.batch_size, cfg.device,
@@ -334,7 +336,7 @@ finished, 1 when some failed (listed in the table), 2 on a bad argument, 130 whe
 
 def sweep_parser() -> argparse.ArgumentParser:
     from r2.sweep import RESERVED, SweepConfig
-    from r2.train import TrainConfig
+    from r2.train_config import TrainConfig
 
     p = _parser("r2-sweep", SWEEP_DOC)
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",

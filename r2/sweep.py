@@ -40,7 +40,8 @@ from r2 import metrics
 from r2.cache import Cache
 from r2.data import Preloaded
 from r2.errors import ConfigError
-from r2.train import TrainConfig, Trainer
+from r2.train import Trainer
+from r2.train_config import TrainConfig
 
 __all__ = ["SweepConfig", "SweepResult", "Trial", "bench_per_trial", "field_type", "make_trials", "parse_grid",
            "parse_value", "rank", "run_sweep", "to_markdown"]

@@ -11,14 +11,9 @@ import dataclasses
 import json
 import math
 import os
-import shlex
 import time
-import types
-import typing
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,175 +24,19 @@ from r2.engine import evaluate_split
 from r2.cache import Cache, CacheError
 from r2.checkpoint import (build_model, cache_identity, check_compatible, check_same_cache, checkpoint_file,
                            checkpoint_meta, load_checkpoint, save)
-from r2.data import (MIN_TRAIN_SECONDS, PRELOAD_CHOICES, GlobalBatchSampler, GroundingDataset, Preloaded, collate,
+from r2.data import (MIN_TRAIN_SECONDS, GlobalBatchSampler, GroundingDataset, Preloaded, collate,
                      resident_features)
-from r2.decode import DecodeConfig, decode_config_for
+from r2.decode import DecodeConfig
 from r2.errors import ConfigError, flag
 from r2.losses import Criterion, LossConfig, loss_config_for
 from r2.model import R2Config, R2Model, config_for
-from r2.recipes import by_dataset, recipe
-from r2.runtime import (DEVICE, DEVICE_ALLOWED, pick_device, pick_precision, precision_name, seed_everything,
-                        start_distributed)
+from r2.recipes import recipe
+from r2.train_config import LOSS_WEIGHTS, TrainConfig, decode_config, override, saved_config, shown
+from r2.runtime import pick_device, pick_precision, precision_name, seed_everything, start_distributed
 
 
 
-def _number(test: Callable[[float], bool]) -> Callable[[float], bool]:
-    return lambda v: math.isfinite(v) and test(v)
 
-
-_HEADS = next(f.default for f in dataclasses.fields(R2Config) if f.name == "heads")
-_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
-_AT_LEAST_0 = (lambda v: v >= 0, "an integer >= 0")
-_WEIGHT = (_number(lambda v: v >= 0), "a number >= 0")
-_FRACTION = (_number(lambda v: 0 <= v < 1), "a number in [0, 1)")
-# field -> (test of a value of the field's type, what it allows); None (where a field's type allows it) always
-# passes: it means the dataset's default
-_RULES: dict[str, tuple[Callable, str]] = {
-    "cache": (lambda v: True, "a cache entry file (cache/<name>.h5)"),  # "": an official checkpoint's (none)
-    "out": (bool, "a folder path"),
-    "domain": (bool, "a domain name (YouTube Highlights / TVSum)"),
-    "batch_size": _AT_LEAST_1,
-    "epochs": _AT_LEAST_1,
-    "lr": (_number(lambda v: v > 0), "a number > 0"),
-    "lr_drop": (lambda v: v >= 1 or v == -1, "an epoch >= 1, or -1 for no LR drop"),
-    "warmup_iters": _AT_LEAST_0,
-    "passes": _AT_LEAST_1,
-    "warmup_ratio": (_number(lambda v: 0 <= v <= 1), "a number between 0 and 1"),
-    "weight_decay": _WEIGHT,
-    "grad_clip": (_number(lambda v: v > 0), "a number > 0"),
-    "dropout": _FRACTION,
-    "droppath": _FRACTION,
-    "hidden": (lambda v: v >= _HEADS and v % _HEADS == 0, f"a positive multiple of {_HEADS} (the attention heads)"),
-    "cls_weight": _WEIGHT,
-    "reg_weight": _WEIGHT,
-    "sal_weight": _WEIGHT,
-    "video_nce_weight": _WEIGHT,
-    "layer_nce_weight": _WEIGHT,
-    "nms": (lambda v: v in ("hard", "soft", "none"), "one of hard, soft, none"),
-    "nms_iou": (_number(lambda v: 0 < v <= 1), "a number in (0, 1]"),
-    "unit": (_number(lambda v: v >= 0), "a number of seconds >= 0 (0: no rounding)"),
-    "train_split": (bool, "a split name"),
-    "eval_split": (bool, "a split name"),
-    "seed": (lambda v: 0 <= v < 2 ** 32, "an integer in 0 .. 2**32 - 1"),
-    "device": (lambda v: DEVICE.fullmatch(v) is not None, DEVICE_ALLOWED),
-    "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "one of auto, fp32, bf16, fp16"),
-    "preload": (lambda v: v in PRELOAD_CHOICES, "one of " + ", ".join(PRELOAD_CHOICES)),
-    "workers": _AT_LEAST_0,
-    "resume": (bool, "a run folder"),
-}
-
-
-def _checked(name: str, hint, value):
-    """`value` for field `name` of type `hint` (`int | None` ...), ints made floats where a float is asked;
-    ConfigError when its type or its rule refuses it."""
-    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
-    kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    if value is None and optional:
-        return value
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{flag(name)} {_shown(value)}: must be true or false")
-        return value
-    test, allowed = _RULES[name]
-    accepted = (int, float) if kind is float else (kind,)
-    if isinstance(value, bool) or not isinstance(value, accepted) or not test(kind(value)):
-        raise ConfigError(f"{flag(name)} {_shown(value)}: must be {allowed}")
-    return kind(value)
-
-
-def _shown(value) -> str:
-    return shlex.quote(str(value))
-
-
-def _opt(help: str, default: str | None = None, metavar: str | None = None):
-    """A TrainConfig field's metadata: what its flag does; `default` says what None means (a recipe value)."""
-    meta = {"help": help}
-    if default is not None:
-        meta["default"] = default
-    if metavar is not None:
-        meta["metavar"] = metavar
-    return field(default=None, metadata=meta)
-
-
-def _recipe(what: str, value: Callable) -> str:
-    return f"the recipe's {what}: {by_dataset(value)}"
-
-
-def _with(help: str, default, **meta):
-    return field(default=default, metadata={"help": help, **meta})
-
-
-_DEVICE_META = {"help": "where the model runs: auto (this process's GPU when there is one, else the CPU), cpu, "
-                        "cuda, cuda:N"}
-
-
-@dataclass
-class TrainConfig:
-    cache: str = field(metadata={"help": "the feature cache entry file to train on (cache/<name>.h5)",
-                                 "metavar": "FILE"})
-    out: str | None = _opt("the run folder", "runs/<cache name>-<time>", "DIR")
-    domain: str | None = _opt("the YouTube Highlights / TVSum domain to train and evaluate (required there)",
-                              "none: the whole set")
-    # schedule (None: the dataset recipe's, SPEC §7)
-    batch_size: int | None = _opt("the global batch size (split over DDP processes)",
-                                  _recipe("batch size", lambda r: r.schedule.batch_size))
-    epochs: int | None = _opt("epochs to train", _recipe("epochs", lambda r: r.schedule.epochs))
-    lr: float | None = _opt("peak AdamW learning rate", _recipe("lr", lambda r: r.schedule.lr))
-    lr_drop: int | None = _opt("epoch from which the LR is multiplied by 0.1; -1: never",
-                               _recipe("lr drop (none = never)", lambda r: r.schedule.lr_drop))
-    warmup_iters: int | None = _opt("iterations of linear LR warm-up",
-                                    _recipe("warm-up (custom sets: at most 500/6780 of the run)",
-                                            lambda r: r.schedule.warmup_iters))
-    passes: int | None = _opt("passes over the training data per epoch",
-                              _recipe("passes", lambda r: r.schedule.passes))
-    warmup_ratio: float = _with("the warm-up starts from this fraction of the LR", 1e-3)
-    weight_decay: float = _with("AdamW weight decay", 1e-4)
-    grad_clip: float = _with("largest gradient norm (clipped above)", 35.0)
-    # model (None: the recipe's, SPEC §3)
-    dropout: float | None = _opt("feature dropout of video_map / query_map", _recipe("dropout", lambda r: r.dropout))
-    droppath: float | None = _opt("DropPath rate on each residual branch of the temporal layer",
-                                  f"{R2Config.droppath}, every dataset")
-    hidden: int | None = _opt("hidden size C of the R² Block, pyramid and heads", f"{R2Config.hidden}, every dataset")
-    # loss weights (None: the recipe's, SPEC §5)
-    cls_weight: float | None = _opt("weight of the focal (TVSum/YouTube: soft BCE) class loss",
-                                    f"{LossConfig.cls_weight}, every dataset")
-    reg_weight: float | None = _opt("weight of the L1 boundary loss", f"{LossConfig.reg_weight}, every dataset")
-    sal_weight: float | None = _opt("weight of the sampled saliency NCE",
-                                    _recipe("saliency weight", lambda r: r.sal_weight))
-    video_nce_weight: float | None = _opt("weight of the video-level InfoNCE",
-                                          f"{LossConfig.video_nce_weight}, every dataset")
-    layer_nce_weight: float | None = _opt("weight of the layer-wise InfoNCE",
-                                          f"{LossConfig.layer_nce_weight}, every dataset")
-    # decoding (None: the recipe's, SPEC §6)
-    nms: str | None = _opt("NMS of the decoded windows: hard, soft or none", _recipe("nms", lambda r: r.nms))
-    nms_iou: float | None = _opt("IoU at which hard NMS suppresses a window", f"{DecodeConfig.nms_iou}, every dataset")
-    unit: float | None = _opt("seconds window ends are rounded to; 0: no rounding",
-                              _recipe("unit (none = no rounding)", lambda r: r.unit))
-    # run
-    train_split: str | None = _opt("the split to train on", _recipe("train split", lambda r: r.info.train_split))
-    eval_split: str | None = _opt("the split evaluated every epoch (best.pt is picked on it)",
-                                  _recipe("eval split", lambda r: r.info.eval_split))
-    seed: int = _with("seed of the model init, sampling and dropout", 42)
-    device: str = dataclasses.field(default="auto", metadata=_DEVICE_META)
-    precision: str = _with("autocast: auto (bf16 on capable GPUs, else fp16 on a GPU, fp32 on a CPU), fp32, bf16, "
-                           "fp16", "auto")
-    workers: int | None = _opt("DataLoader worker processes (each opens the cache itself)",
-                               "0 on a CPU (workers would compete with torch's threads), 4 on a GPU")
-    preload: str = _with("keep the splits' features in memory: none (stream from the cache), cpu, cuda (the "
-                         "training split resident on that device in its stored format, batches built by indexing, "
-                         "no DataLoader workers), auto (the training device when it fits, else stream)", "none")
-    progress: bool = _with("show a progress bar per epoch", True)
-    compile: bool = _with("torch.compile the model (CPU or CUDA): slower first epoch, faster steps", False)
-    resume: str | None = _opt("a run folder: continue from its last.pt with its own settings", "a new run", "DIR")
-
-    def __post_init__(self):
-        """Check every field against its rule (`_RULES`; bools: true or false), so that a bad value is refused
-        before any work, on one line naming the flag and what it allows."""
-        for name, hint in typing.get_type_hints(TrainConfig).items():
-            setattr(self, name, _checked(name, hint, getattr(self, name)))
-
-
-LOSS_WEIGHTS = ("cls_weight", "reg_weight", "sal_weight", "video_nce_weight", "layer_nce_weight")
 
 
 def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, LossConfig, DecodeConfig]:
@@ -217,8 +56,8 @@ def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, Loss
     dims = cache.dims
     model_cfg = config_for(name, video_dim=dims["video_dim"], query_dim=dims["query_dim"], tokens=dims["tokens"],
                            layers=len(dims["layers"]))
-    model_cfg = _override(model_cfg, dropout=cfg.dropout, droppath=cfg.droppath, hidden=cfg.hidden)
-    loss_cfg = _override(loss_config_for(name), **{f: getattr(cfg, f) for f in LOSS_WEIGHTS})
+    model_cfg = override(model_cfg, dropout=cfg.dropout, droppath=cfg.droppath, hidden=cfg.hidden)
+    loss_cfg = override(loss_config_for(name), **{f: getattr(cfg, f) for f in LOSS_WEIGHTS})
     dec_cfg = decode_config(name, cfg)
     cfg = dataclasses.replace(cfg, dropout=model_cfg.dropout, droppath=model_cfg.droppath, hidden=model_cfg.hidden,
                               **{f: getattr(loss_cfg, f) for f in LOSS_WEIGHTS}, nms=dec_cfg.nms or "none",
@@ -229,28 +68,14 @@ def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, Loss
 def _check_splits_and_domain(cfg: TrainConfig, cache: Cache):
     for f in ("train_split", "eval_split"):
         if getattr(cfg, f) not in cache.splits:
-            raise ConfigError(f"{flag(f)} {_shown(getattr(cfg, f))}: {cache.entry} has no such split; one of "
+            raise ConfigError(f"{flag(f)} {shown(getattr(cfg, f))}: {cache.entry} has no such split; one of "
                               f"{', '.join(cache.splits)}")
     known = domains(cache)
     if recipe(cache.dataset).info.domains and cfg.domain is None:
         raise ConfigError(f"--domain: {cache.dataset} is trained per domain; pass one of {', '.join(known)}")
     if cfg.domain is not None and cfg.domain not in known:
-        raise ConfigError(f"--domain {_shown(cfg.domain)}: " + (f"{cache.entry} has domains {', '.join(known)}"
+        raise ConfigError(f"--domain {shown(cfg.domain)}: " + (f"{cache.entry} has domains {', '.join(known)}"
                                                                  if known else f"{cache.dataset} has no domains"))
-
-
-def decode_config(dataset: str, cfg: TrainConfig) -> DecodeConfig:
-    """The dataset's SPEC §6 decoding with the run's --nms / --nms-iou / --unit overrides (none, 0: off)."""
-    dec_cfg = decode_config_for(dataset)
-    if cfg.nms is not None:
-        dec_cfg = dataclasses.replace(dec_cfg, nms=None if cfg.nms == "none" else cfg.nms)
-    if cfg.unit is not None:
-        dec_cfg = dataclasses.replace(dec_cfg, unit=cfg.unit or None)
-    return _override(dec_cfg, nms_iou=cfg.nms_iou)
-
-
-def _override(obj, **values):
-    return dataclasses.replace(obj, **{k: v for k, v in values.items() if v is not None})
 
 
 def domains(cache: Cache) -> list[str]:
@@ -346,51 +171,14 @@ def resumed_config(given: TrainConfig, ckpt: dict) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         value = getattr(given, f.name)
         if f.name not in RESUME_MAY_CHANGE and value not in (getattr(default, f.name), getattr(saved, f.name)):
-            raise ConfigError(f"{flag(f.name)} {_shown(value)}: --resume {given.resume} continues the run with its "
-                              f"own settings ({f.name} {_shown(getattr(saved, f.name))}); drop {flag(f.name)}, or "
+            raise ConfigError(f"{flag(f.name)} {shown(value)}: --resume {given.resume} continues the run with its "
+                              f"own settings ({f.name} {shown(getattr(saved, f.name))}); drop {flag(f.name)}, or "
                               f"start a new run to change it")
     epochs = given.epochs or saved.epochs
     if epochs < ckpt["epoch"]:
         raise ConfigError(f"--epochs {epochs}: {given.resume} has trained {ckpt['epoch']} epochs already; leave "
                           f"--epochs out, or pass more to extend the run")
     return dataclasses.replace(saved, **{**{k: getattr(given, k) for k in RESUME_MAY_CHANGE}, "epochs": epochs})
-
-
-def saved_config(ckpt: dict) -> TrainConfig:
-    """The TrainConfig a checkpoint records; fields this r2 no longer has are dropped with a warning, so an older
-    checkpoint still loads (fields it lacks take today's defaults)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = dict(ckpt["config"])
-    if isinstance(values.get("preload"), bool):  # r2 <= 0.2 saved preload as a flag: true read the split into RAM
-        values["preload"] = "cpu" if values["preload"] else "none"
-    dropped = sorted(set(values) - known)
-    if dropped:
-        warnings.warn(f"checkpoint config fields {dropped} are not TrainConfig fields of this r2; ignored")
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})
-
-
-@dataclass
-class EvaluateConfig:
-    """What `evaluate_checkpoint` takes, as train/evaluate.py's flags."""
-    checkpoint: str = field(metadata={
-        "help": "an r2 run folder (its best.pt, e.g. runs/demo-latest), best.pt / last.pt, an official R²-Tuning "
-                ".pth, or a zoo name (r2-tuning:NAME)", "metavar": "CKPT"})
-    cache: str = field(metadata={"help": "the feature cache entry file to evaluate on (cache/<name>.h5)",
-                                 "metavar": "FILE"})
-    split: str | None = _opt("the split to evaluate", "the run's evaluation split, else the recipe's eval split")
-    out: str | None = _opt("the output folder", "a new runs/eval-<checkpoint>-<cache>-<split>-<time>", "DIR")
-    dataset: str | None = _opt("an official checkpoint's dataset when its file name does not say it "
-                               "(r2_tuning_<dataset>[_<domain>]-<sha>.pth)", "from the checkpoint")
-    domain: str | None = _opt("the YouTube Highlights / TVSum domain", "the checkpoint's")
-    allow_feature_source: bool = _with(
-        "use a cache whose features were made another way (e.g. r2-extracted ViT-B/32 features for a checkpoint "
-        "trained on the authors' released ones): same CLIP, layers and fps only", False)
-    batch_size: int = _with("samples per evaluation forward", 32, metavar="N")
-    device: str = dataclasses.field(default="auto", metadata=_DEVICE_META)
-
-    def __post_init__(self):
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"--batch-size {_shown(self.batch_size)}: must be a whole number >= 1")
 
 
 def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: str | None = None,
@@ -627,8 +415,8 @@ def _refuse_finished_work(out: Path):
     """A new run never writes into a folder that holds another run: its best.pt and log would be replaced."""
     held = [name for name in ("config.json", "log.csv", "last.pt", "best.pt") if (out / name).exists()]
     if held:
-        raise ConfigError(f"--out {_shown(out)}: already holds a run ({', '.join(held)}); continue it with --resume "
-                          f"{_shown(out)}, or pass another --out")
+        raise ConfigError(f"--out {shown(out)}: already holds a run ({', '.join(held)}); continue it with --resume "
+                          f"{shown(out)}, or pass another --out")
 
 
 def link_latest(run: Path, name: str):

@@ -68,6 +68,20 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+def test_inference_never_imports_the_trainer():
+    """Running a trained model (r2.predict, its CLI, the app) reads a checkpoint's config through r2.train_config;
+    no module it reaches, at any depth, is the training loop (r2.train) or the sweep."""
+    modules = module_names()
+    graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
+    for start in ("r2.predict", "r2.predict.cli", "r2.app"):
+        reached, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - reached:
+                reached.add(nxt)
+                todo.append(nxt)
+        assert not reached & {"r2.train", "r2.sweep"}, (start, sorted(reached))
+
+
 def test_the_cycle_finder_sees_relative_and_late_imports(tmp_path):
     """imports_of resolves `from ..x import y`, `from . import z` and an import inside a function, and leaves out
     the `__main__` block."""

@@ -43,8 +43,8 @@ from r2.model import R2Model
 from r2.predict.features import DEFAULT_CACHE_BYTES, ENCODE_CHUNK, FeatureCache, FeatureCacheWarning
 from r2.recipes import recipe
 from r2.runtime import pick_device, pick_precision
-from r2.train import decode_config as train_decode_config
-from r2.train import saved_config
+from r2.train_config import decode_config as run_decode_config
+from r2.train_config import saved_config
 
 __all__ = [
     "DEFAULT_CACHE_BYTES", "ENCODE_CHUNK", "FeatureCache", "FeatureCacheWarning", "Moment", "PredictError",
@@ -142,7 +142,7 @@ def average_saliency(parts: Sequence[tuple[int, np.ndarray]], n_frames: int) -> 
 
 def decode_config(ckpt: dict) -> DecodeConfig:
     """The checkpoint's decoding: the dataset's SPEC §6 settings with the run's --nms / --nms-iou / --unit."""
-    return train_decode_config(ckpt["dataset"], saved_config(ckpt))
+    return run_decode_config(ckpt["dataset"], saved_config(ckpt))
 
 
 def trained_frames(ckpt: dict) -> tuple[int, str]:
