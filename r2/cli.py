@@ -17,10 +17,11 @@ import sys
 import types
 import typing
 from pathlib import Path
+from typing import Callable
 
-from r2.errors import command, flag
+from r2.errors import OFF, allows_off, command, flag
 
-__all__ = ["add_fields", "field_type", "flag", "help_of", "shard"]
+__all__ = ["add_fields", "field_type", "flag", "help_of", "scalar_parser", "shard"]
 
 
 def field_type(config: type, name: str):
@@ -29,6 +30,20 @@ def field_type(config: type, name: str):
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
+
+
+def scalar_parser(config: type, name: str) -> Callable[[str], object]:
+    """The argparse type of a non-bool field: its scalar type, or for a number that can be turned off (`int | str |
+    None`: --lr-drop, --unit) that type or the word none."""
+    kind = field_type(config, name)
+    if not allows_off(typing.get_type_hints(config)[name]):
+        return kind
+
+    def number_or_off(text: str):
+        return OFF if text == OFF else kind(text)
+
+    number_or_off.__name__ = f"{kind.__name__} or {OFF}"  # argparse's "invalid int or none value: 'x'"
+    return number_or_off
 
 
 def help_of(f: dataclasses.Field, helps: dict[str, dict] | None = None) -> str:
@@ -65,7 +80,7 @@ def add_fields(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config
         if kind is bool:
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         else:
-            parser.add_argument(flag(f.name), type=kind, required=f.name in required,
+            parser.add_argument(flag(f.name), type=scalar_parser(config, f.name), required=f.name in required,
                                 metavar=meta.get("metavar", f.name.upper()), **kw)
 
 

@@ -21,11 +21,11 @@ from torch.utils.data import Dataset
 
 from r2 import datasets
 from r2.cache import Cache
-from r2.errors import R2Error
+from r2.errors import OFF, R2Error
 from r2.targets import clean_windows
 
 MIN_TRAIN_SECONDS = 5.0  # SPEC §4: videos shorter than this are dropped from training
-PRELOAD_CHOICES = ("none", "cpu", "cuda", "auto")  # where `resident_features` keeps a split's features
+PRELOAD_CHOICES = (OFF, "cpu", "cuda", "auto")  # where `resident_features` keeps a split's features
 HEADROOM_BYTES = 1 << 30  # left free beside resident features: the model, its optimizer and a batch's activations
 
 
@@ -453,7 +453,7 @@ def resident_features(dataset: GroundingDataset, preload: str, device: torch.dev
     why)."""
     if preload not in PRELOAD_CHOICES:
         raise R2Error(f"--preload {preload!r}: one of {', '.join(PRELOAD_CHOICES)}")
-    if preload == "none":
+    if preload == OFF:
         return None, ""
     if preload == "cuda" and not torch.cuda.is_available():
         raise R2Error("--preload cuda: no CUDA GPU is visible; pass --preload cpu, auto or none")

@@ -3,11 +3,13 @@ and what to do; command-line entry points print it on one line (anything else is
 import functools
 import os
 import sys
+import types
+import typing
 import warnings
 from typing import Callable
 
-__all__ = ["R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "command", "flag",
-           "one_line_warning"]
+__all__ = ["OFF", "R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "allows_off",
+           "command", "flag", "one_line_warning"]
 
 
 class R2Error(Exception):
@@ -36,6 +38,17 @@ def flag(name: str) -> str:
     """The command-line flag of a config field, as commands and their error messages spell it: batch_size ->
     --batch-size."""
     return "--" + name.replace("_", "-")
+
+
+# The one spelling of "off" for every setting that can be turned off: --lr-drop none (never drop the LR), --unit
+# none (no rounding), --nms none, --preload none (stream). None, in a config, means "the recipe's value".
+OFF = "none"
+
+
+def allows_off(hint) -> bool:
+    """Whether a config field of type `hint` takes OFF beside its numbers (`int | str | None`: --lr-drop, --unit)."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else ()
+    return str in args and any(a not in (str, type(None)) for a in args)
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None):

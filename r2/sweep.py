@@ -39,7 +39,7 @@ import torch
 from r2 import metrics
 from r2.cache import Cache
 from r2.data import Preloaded
-from r2.errors import ConfigError
+from r2.errors import OFF, ConfigError, allows_off
 from r2.train import Trainer
 from r2.train_config import TrainConfig
 
@@ -98,8 +98,11 @@ def field_type(name: str) -> type:
 
 
 def parse_value(name: str, text: str):
-    """One grid value, parsed with the field's type: lr '1e-4' -> 0.0001, preload 'false' -> False."""
+    """One grid value, parsed with the field's type: lr '1e-4' -> 0.0001, compile 'false' -> False, lr_drop 'none'
+    -> 'none' (OFF)."""
     kind = field_type(name)
+    if text.strip() == OFF and allows_off(typing.get_type_hints(TrainConfig)[name]):
+        return OFF
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("true", "yes", "1"):

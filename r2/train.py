@@ -27,7 +27,7 @@ from r2.checkpoint import (build_model, cache_identity, check_compatible, check_
 from r2.data import (MIN_TRAIN_SECONDS, GlobalBatchSampler, GroundingDataset, Preloaded, collate,
                      resident_features)
 from r2.decode import DecodeConfig
-from r2.errors import ConfigError, flag
+from r2.errors import OFF, ConfigError, flag
 from r2.losses import Criterion, LossConfig, loss_config_for
 from r2.model import R2Config, R2Model, config_for
 from r2.recipes import recipe
@@ -50,8 +50,8 @@ def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, Loss
                                       if getattr(cfg, f) is None},
                               train_split=cfg.train_split or info.train_split,
                               eval_split=cfg.eval_split or info.eval_split)
-    if cfg.lr_drop is None:
-        cfg.lr_drop = -1
+    if cfg.lr_drop is None:  # the recipe never drops the LR
+        cfg.lr_drop = OFF
     _check_splits_and_domain(cfg, cache)
     dims = cache.dims
     model_cfg = config_for(name, video_dim=dims["video_dim"], query_dim=dims["query_dim"], tokens=dims["tokens"],
@@ -60,8 +60,8 @@ def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, Loss
     loss_cfg = override(loss_config_for(name), **{f: getattr(cfg, f) for f in LOSS_WEIGHTS})
     dec_cfg = decode_config(name, cfg)
     cfg = dataclasses.replace(cfg, dropout=model_cfg.dropout, droppath=model_cfg.droppath, hidden=model_cfg.hidden,
-                              **{f: getattr(loss_cfg, f) for f in LOSS_WEIGHTS}, nms=dec_cfg.nms or "none",
-                              nms_iou=dec_cfg.nms_iou, unit=dec_cfg.unit or 0.0)
+                              **{f: getattr(loss_cfg, f) for f in LOSS_WEIGHTS}, nms=dec_cfg.nms or OFF,
+                              nms_iou=dec_cfg.nms_iou, unit=OFF if dec_cfg.unit is None else dec_cfg.unit)
     return cfg, model_cfg, loss_cfg, dec_cfg
 
 
@@ -97,19 +97,19 @@ def fit_schedule(cfg: TrainConfig, default_warmup: bool, iterations: int, datase
     elif cfg.warmup_iters > iterations:
         warnings.warn(f"--warmup-iters {cfg.warmup_iters} is longer than the run ({iterations} iterations): the LR "
                       f"never reaches --lr {cfg.lr:g}")
-    if cfg.lr_drop >= cfg.epochs:
+    if cfg.lr_drop != OFF and cfg.lr_drop >= cfg.epochs:
         warnings.warn(f"--lr-drop {cfg.lr_drop} is not before the last epoch ({cfg.epochs}): the LR never drops")
     return cfg
 
 
 def lr_factor(it: int, epoch: int, cfg: TrainConfig) -> float:
-    """Linear warmup from warmup_ratio to 1 over warmup_iters iterations, then ×0.1 from epoch lr_drop on (-1:
+    """Linear warmup from warmup_ratio to 1 over warmup_iters iterations, then ×0.1 from epoch lr_drop on (OFF:
     never)."""
     factor = 1.0
     if it < cfg.warmup_iters:
         alpha = it / cfg.warmup_iters
         factor = cfg.warmup_ratio * (1 - alpha) + alpha
-    if cfg.lr_drop != -1 and epoch >= cfg.lr_drop:
+    if cfg.lr_drop != OFF and epoch >= cfg.lr_drop:
         factor *= 0.1
     return factor
 

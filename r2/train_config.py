@@ -16,7 +16,7 @@ from typing import Callable
 
 from r2.data import PRELOAD_CHOICES
 from r2.decode import DecodeConfig, decode_config_for
-from r2.errors import ConfigError, flag
+from r2.errors import OFF, ConfigError, allows_off, flag
 from r2.losses import LossConfig
 from r2.model import R2Config
 from r2.recipes import by_dataset
@@ -43,7 +43,7 @@ _RULES: dict[str, tuple[Callable, str]] = {
     "batch_size": _AT_LEAST_1,
     "epochs": _AT_LEAST_1,
     "lr": (_number(lambda v: v > 0), "a number > 0"),
-    "lr_drop": (lambda v: v >= 1 or v == -1, "an epoch >= 1, or -1 for no LR drop"),
+    "lr_drop": (lambda v: v >= 1, f"an epoch >= 1, or {OFF} for no LR drop"),
     "warmup_iters": _AT_LEAST_0,
     "passes": _AT_LEAST_1,
     "warmup_ratio": (_number(lambda v: 0 <= v <= 1), "a number between 0 and 1"),
@@ -57,9 +57,9 @@ _RULES: dict[str, tuple[Callable, str]] = {
     "sal_weight": _WEIGHT,
     "video_nce_weight": _WEIGHT,
     "layer_nce_weight": _WEIGHT,
-    "nms": (lambda v: v in ("hard", "soft", "none"), "one of hard, soft, none"),
+    "nms": (lambda v: v in ("hard", "soft", OFF), f"one of hard, soft, {OFF}"),
     "nms_iou": (_number(lambda v: 0 < v <= 1), "a number in (0, 1]"),
-    "unit": (_number(lambda v: v >= 0), "a number of seconds >= 0 (0: no rounding)"),
+    "unit": (_number(lambda v: v > 0), f"a number of seconds > 0, or {OFF} for no rounding"),
     "train_split": (bool, "a split name"),
     "eval_split": (bool, "a split name"),
     "seed": (lambda v: 0 <= v < 2 ** 32, "an integer in 0 .. 2**32 - 1"),
@@ -77,6 +77,8 @@ def _checked(name: str, hint, value):
     optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
     kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
     if value is None and optional:
+        return value
+    if value == OFF and allows_off(hint):
         return value
     if kind is bool:
         if not isinstance(value, bool):
@@ -128,7 +130,7 @@ class TrainConfig:
                                   _recipe("batch size", lambda r: r.schedule.batch_size))
     epochs: int | None = _opt("epochs to train", _recipe("epochs", lambda r: r.schedule.epochs))
     lr: float | None = _opt("peak AdamW learning rate", _recipe("lr", lambda r: r.schedule.lr))
-    lr_drop: int | None = _opt("epoch from which the LR is multiplied by 0.1; -1: never",
+    lr_drop: int | str | None = _opt(f"epoch from which the LR is multiplied by 0.1; {OFF}: never",
                                _recipe("lr drop (none = never)", lambda r: r.schedule.lr_drop))
     warmup_iters: int | None = _opt("iterations of linear LR warm-up",
                                     _recipe("warm-up (custom sets: at most 500/6780 of the run)",
@@ -156,7 +158,7 @@ class TrainConfig:
     # decoding (None: the recipe's, SPEC §6)
     nms: str | None = _opt("NMS of the decoded windows: hard, soft or none", _recipe("nms", lambda r: r.nms))
     nms_iou: float | None = _opt("IoU at which hard NMS suppresses a window", f"{DecodeConfig.nms_iou}, every dataset")
-    unit: float | None = _opt("seconds window ends are rounded to; 0: no rounding",
+    unit: float | str | None = _opt(f"seconds window ends are rounded to; {OFF}: no rounding",
                               _recipe("unit (none = no rounding)", lambda r: r.unit))
     # run
     train_split: str | None = _opt("the split to train on", _recipe("train split", lambda r: r.info.train_split))
@@ -170,7 +172,7 @@ class TrainConfig:
                                "0 on a CPU (workers would compete with torch's threads), 4 on a GPU")
     preload: str = _with("keep the splits' features in memory: none (stream from the cache), cpu, cuda (the "
                          "training split resident on that device in its stored format, batches built by indexing, "
-                         "no DataLoader workers), auto (the training device when it fits, else stream)", "none")
+                         "no DataLoader workers), auto (the training device when it fits, else stream)", OFF)
     progress: bool = _with("show a progress bar per epoch", True)
     compile: bool = _with("torch.compile the model (CPU or CUDA): slower first epoch, faster steps", False)
     resume: str | None = _opt("a run folder: continue from its last.pt with its own settings", "a new run", "DIR")
@@ -209,12 +211,12 @@ class EvaluateConfig:
 
 
 def decode_config(dataset: str, cfg: TrainConfig) -> DecodeConfig:
-    """The dataset's SPEC §6 decoding with the run's --nms / --nms-iou / --unit overrides (none, 0: off)."""
+    """The dataset's SPEC §6 decoding with the run's --nms / --nms-iou / --unit overrides (OFF: none)."""
     dec_cfg = decode_config_for(dataset)
     if cfg.nms is not None:
-        dec_cfg = dataclasses.replace(dec_cfg, nms=None if cfg.nms == "none" else cfg.nms)
+        dec_cfg = dataclasses.replace(dec_cfg, nms=None if cfg.nms == OFF else cfg.nms)
     if cfg.unit is not None:
-        dec_cfg = dataclasses.replace(dec_cfg, unit=cfg.unit or None)
+        dec_cfg = dataclasses.replace(dec_cfg, unit=None if cfg.unit == OFF else cfg.unit)
     return override(dec_cfg, nms_iou=cfg.nms_iou)
 
 
@@ -229,7 +231,11 @@ def saved_config(ckpt: dict) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = dict(ckpt["config"])
     if isinstance(values.get("preload"), bool):  # r2 <= 0.2 saved preload as a flag: true read the split into RAM
-        values["preload"] = "cpu" if values["preload"] else "none"
+        values["preload"] = "cpu" if values["preload"] else OFF
+    if values.get("lr_drop") == -1:  # r2 <= 0.2 spelt "never" -1 ...
+        values["lr_drop"] = OFF
+    if values.get("unit") == 0:  # ... and "no rounding" 0
+        values["unit"] = OFF
     dropped = sorted(set(values) - known)
     if dropped:
         warnings.warn(f"checkpoint config fields {dropped} are not TrainConfig fields of this r2; ignored")

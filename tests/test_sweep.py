@@ -26,6 +26,8 @@ def test_parse_grid_types_values_with_the_field_type():
     assert grid["nms"] == [("hard", "hard"), ("none", "none")]
     assert grid["progress"] == [("false", False), ("TRUE", True)]
     assert list(grid) == ["lr", "batch_size", "nms", "progress"]  # flag order is kept
+    off = parse_grid(["lr-drop=20,none", "unit=none,2"])  # "none" is off for the numbers that can be turned off
+    assert off == {"lr_drop": [("20", 20), ("none", "none")], "unit": [("none", "none"), ("2", 2.0)]}
 
 
 @pytest.mark.parametrize("specs, message", [
@@ -35,6 +37,7 @@ def test_parse_grid_types_values_with_the_field_type():
     (["lr=1e-4", "lr=5e-4"], "given twice"),
     (["lr=abc"], "'abc' is not a valid float"),
     (["epochs=1.5"], "'1.5' is not a valid int"),
+    (["epochs=none"], "'none' is not a valid int"),  # epochs cannot be off
     (["progress=maybe"], "not a boolean"),
     (["lr"], "expected KEY=V1,V2"),
     (["lr=1e-4,,2e-4"], "empty value"),

@@ -108,7 +108,7 @@ def test_preload_cpu_trains_exactly_like_streaming(run3, demo, tmp_path, capsys)
 
 def test_trained_model_beats_untrained(demo, tmp_path):
     """A small config memorises the tiny training split: far better than the same model untrained."""
-    cfg = TrainConfig(cache=str(demo), epochs=20, lr=2e-3, warmup_iters=10, lr_drop=-1, dropout=0.0, droppath=0.0,
+    cfg = TrainConfig(cache=str(demo), epochs=20, lr=2e-3, warmup_iters=10, lr_drop="none", dropout=0.0, droppath=0.0,
                       eval_split="train", out=str(tmp_path / "learn"), **SMALL)
     trainer = Trainer(cfg)
     dataset = GroundingDataset(trainer.cache, "train", train=False)
@@ -254,7 +254,7 @@ def test_warmup_is_capped_and_config_json_holds_resolved_values(run3, demo, tmp_
     custom = TrainConfig(cache="c", batch_size=16, epochs=30, lr=1e-3, lr_drop=20, warmup_iters=100, passes=1)
     assert fit_schedule(custom, True, 30, "custom").warmup_iters == 2  # 1 iteration an epoch: 7.4 % of 30
     assert fit_schedule(custom, False, 3000, "custom").warmup_iters == 100  # given as a flag: kept
-    tvsum = dataclasses.replace(custom, epochs=500, lr_drop=-1, warmup_iters=50)
+    tvsum = dataclasses.replace(custom, epochs=500, lr_drop="none", warmup_iters=50)
     assert fit_schedule(tvsum, True, 500, "tvsum").warmup_iters == 50  # the paper's schedules are kept exactly
     assert config["warmup_iters"] == 100  # the demo keeps its own schedule
     assert [k for k, v in config.items() if v is None] == ["domain", "resume"]
@@ -265,7 +265,7 @@ def test_warmup_is_capped_and_config_json_holds_resolved_values(run3, demo, tmp_
     with pytest.warns(UserWarning, match=r"--lr-drop 10 is not before the last epoch \(3\): the LR never drops"):
         Trainer(TrainConfig(cache=str(demo), epochs=3, out=str(tmp_path / "drop"), **SMALL))
     with pytest.warns(UserWarning, match=rf"--warmup-iters 1000 is longer than the run \({total} iterations\)"):
-        Trainer(TrainConfig(cache=str(demo), epochs=3, warmup_iters=1000, lr_drop=-1, out=str(tmp_path / "w"),
+        Trainer(TrainConfig(cache=str(demo), epochs=3, warmup_iters=1000, lr_drop="none", out=str(tmp_path / "w"),
                             **SMALL))
 
 

@@ -34,8 +34,9 @@ BAD = [
     ("lr", 0.0, "> 0"),
     ("lr", math.nan, "> 0"),
     ("lr", math.inf, "> 0"),
-    ("lr_drop", 0, ">= 1, or -1"),
-    ("lr_drop", -2, ">= 1, or -1"),
+    ("lr_drop", 0, ">= 1, or none for no LR drop"),
+    ("lr_drop", -1, ">= 1, or none for no LR drop"),  # r2 <= 0.2's "never": only saved configs are read that way
+    ("lr_drop", "never", ">= 1, or none for no LR drop"),
     ("warmup_iters", -1, ">= 0"),
     ("warmup_ratio", 1.5, "0 and 1"),
     ("warmup_ratio", -0.1, "0 and 1"),
@@ -53,7 +54,9 @@ BAD = [
     ("layer_nce_weight", math.inf, ">= 0"),
     ("nms_iou", 0.0, "(0, 1]"),
     ("nms_iou", 1.5, "(0, 1]"),
-    ("unit", -2.0, ">= 0"),
+    ("unit", -2.0, "> 0, or none for no rounding"),
+    ("unit", 0.0, "> 0, or none for no rounding"),  # r2 <= 0.2's "no rounding"
+    ("unit", "off", "> 0, or none for no rounding"),
     ("seed", -1, "0 .. 2**32 - 1"),
     ("seed", 2 ** 32, "0 .. 2**32 - 1"),
     ("workers", -1, ">= 0"),
@@ -95,10 +98,10 @@ def test_bools_are_not_numbers_and_ints_are_numbers():
 
 
 def test_valid_values_pass_unchanged():
-    values = dict(cache="c.h5", out="runs/x", domain="BK", batch_size=4, epochs=3, lr=1e-4, lr_drop=-1,
+    values = dict(cache="c.h5", out="runs/x", domain="BK", batch_size=4, epochs=3, lr=1e-4, lr_drop="none",
                   warmup_iters=0, passes=2, warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, dropout=0.0,
                   droppath=0.5, hidden=64, cls_weight=0.0, reg_weight=1.0, sal_weight=2.0, video_nce_weight=0.1,
-                  layer_nce_weight=0.1, nms="none", nms_iou=1.0, unit=0.0, train_split="train",
+                  layer_nce_weight=0.1, nms="none", nms_iou=1.0, unit="none", train_split="train",
                   eval_split="val", seed=0, device="cuda:1", precision="bf16", workers=0, preload="cuda",
                   progress=False, resume="runs/y")
     cfg = TrainConfig(**values)
@@ -115,6 +118,43 @@ def test_a_config_saved_with_the_old_preload_flag_still_loads():
     """r2 0.2 saved preload as true/false: true (the split read into RAM) is cpu now, false is none."""
     assert saved_config({"config": {"cache": "c.h5", "preload": True}}).preload == "cpu"
     assert saved_config({"config": {"cache": "c.h5", "preload": False}}).preload == "none"
+
+
+def test_off_is_none_for_every_setting_and_old_spellings_still_load():
+    """--lr-drop none, --unit none, --nms none, --preload none: one word for "off" on the command line and in the
+    config; a config saved by r2 <= 0.2 (lr_drop -1, unit 0) reads as none."""
+    from r2.cli import fit_parser
+
+    args = fit_parser().parse_args(["--cache", "c.h5", "--lr-drop", "none", "--unit", "none", "--nms", "none",
+                                    "--preload", "none"])
+    assert (args.lr_drop, args.unit, args.nms, args.preload) == ("none",) * 4
+    args = fit_parser().parse_args(["--cache", "c.h5", "--lr-drop", "20", "--unit", "0.5"])
+    assert (args.lr_drop, args.unit) == (20, 0.5)
+    old = saved_config({"config": {"cache": "c.h5", "lr_drop": -1, "unit": 0.0}})
+    assert (old.lr_drop, old.unit) == ("none", "none")
+    kept = saved_config({"config": {"cache": "c.h5", "lr_drop": 20, "unit": 2.0}})
+    assert (kept.lr_drop, kept.unit) == (20, 2.0)
+
+
+def test_off_turns_the_lr_drop_and_the_rounding_off():
+    from r2.train import lr_factor
+    from r2.train_config import decode_config
+
+    never = TrainConfig(cache="c.h5", lr_drop="none", warmup_iters=0)
+    assert lr_factor(10_000, 500, never) == 1.0
+    drop = dataclasses.replace(never, lr_drop=20)
+    assert lr_factor(100, 19, drop) == 1.0 and lr_factor(100, 20, drop) == pytest.approx(0.1)
+    off = decode_config("qvhighlights", TrainConfig(cache="c.h5", unit="none", nms="none"))
+    assert (off.unit, off.nms) == (None, None)
+    assert decode_config("qvhighlights", TrainConfig(cache="c.h5")).unit == 2.0  # the recipe's
+
+
+def test_a_number_flag_that_can_be_off_names_both_in_its_error(capsys):
+    from r2.cli import fit_parser
+
+    with pytest.raises(SystemExit):
+        fit_parser().parse_args(["--cache", "c.h5", "--lr-drop", "never"])
+    assert "--lr-drop: invalid int or none value: 'never'" in capsys.readouterr().err
 
 
 def test_fit_refuses_a_bad_flag_before_opening_the_cache(tmp_path):
