@@ -700,12 +700,40 @@ def open_segment(path: Path, attempts: int = 20) -> h5py.File:
             fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=_swmr_access())
             return h5py.File(fid)
         except OSError as e:
-            busy = "unable to lock file" in str(e) or "already open for write" in str(e)
-            if busy and attempt < attempts - 1:  # a writer is (re)opening it right now
+            locked = "unable to lock file" in str(e) or "already open for write" in str(e)
+            reopening = "not already open for SWMR writing" in str(e)  # flags of a non-SWMR writer
+            if (locked or reopening) and attempt < attempts - 1:  # a writer is (re)opening it right now
                 time.sleep(0.05)
                 continue
+            holder = _lock_holder(path)
+            if holder:  # a live writer (perhaps stopped) holds it: busy, not damaged
+                raise ShardLockedError(f"{path}: this shard is being written by {holder}; wait for it to "
+                                       f"finish (or run each shard once, --shard I/N)") from None
+            if locked:
+                raise CacheError(f"{path}: another process holds this cache segment open for writing (HDF5 file "
+                                 f"lock); close it, then re-run") from None
             raise CacheError(f"{path}: cannot open this cache segment ({' '.join(str(e).split())[:200]}); delete it "
                              f"and re-run extraction for its shard") from None
+
+
+def _lock_holder(segment: Path) -> str | None:
+    """Who holds the shard lock of `segment` ("pid N on HOST"), or None when no live process holds it. Tested by
+    taking the lock without waiting and releasing it at once; the lock file is never created or written here."""
+    match = SEGMENT_RE.fullmatch(segment.name)
+    if match is None:
+        return None
+    lock = segment.with_name(f"{_shard_stem((int(match[1]), int(match[2])))}.lock")
+    try:
+        handle = open(lock)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
 
 def _committed_end(f: h5py.File, name: str, rows: int) -> int:

@@ -143,3 +143,57 @@ def test_an_entry_with_damaged_annotations_is_named(tmp_path):
         Cache(entry).records("train")
     report = verify(entry)
     assert report.exit_code == 2 and any("annotations/train is missing" in e for e in report.errors), report.errors
+
+
+# A writer caught between reopening its segment and switching to SWMR (as when SIGSTOP lands there): it holds the
+# segment open read-write (HDF5's exclusive file lock), and, with "lock", the shard lock as ShardWriter does. It
+# closes the segment when its stdin closes (killed instead, it would leave the file's non-SWMR write flags set).
+HOLDER = textwrap.dedent("""
+    import fcntl, os, sys
+    import h5py
+    segment, take_lock = sys.argv[1], sys.argv[2] == "lock"
+    if take_lock:
+        lock = open(segment.rsplit(".", 2)[0] + ".lock", "a+")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on test\\n")
+        lock.flush()
+    f = h5py.File(segment, "r+", libver="latest")
+    print("holding", flush=True)
+    sys.stdin.readline()  # until the test closes our stdin
+    f.close()
+""")
+
+
+@pytest.mark.parametrize("with_lock", [True, False])
+def test_a_segment_a_live_writer_holds_open_is_busy_not_damaged(tmp_path, with_lock):
+    """A reader that finds a segment held open for writing says who holds it (the shard lock's pid), or that another
+    process holds it; never "delete it", which would destroy a live writer's work (an extractor run beside a stopped
+    one said so)."""
+    entry = tmp_path / "x.h5"
+    write_entry(entry, dataset="demo", fingerprint=FP, dims=DIMS, annotations={"train": []})
+    with ShardWriter(entry, shard=(0, 1), fingerprint=FP, dims=DIMS) as w:
+        w.add_video("v0", np.ones((5, 2, 3, 8), np.float16), np.arange(5) * 2.0, 10.0, 0.5)
+    (segment,) = parts_dir(entry).glob("*.h5")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(segment), "lock" if with_lock else "none"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        start = time.monotonic()
+        with pytest.raises(CacheError) as e:
+            Cache(entry).video("v0")
+        assert time.monotonic() - start < 10  # a bounded wait, then the error
+        message = str(e.value)
+        assert str(segment) in message and "delete" not in message and "\n" not in message
+        if with_lock:
+            assert f"this shard is being written by pid {holder.pid} on test; wait for it to finish" in message
+        else:
+            assert "another process holds this cache segment open for writing" in message
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=30)
+        finally:
+            holder.kill()
+    assert holder.returncode == 0
+    assert Cache(entry).video("v0").shape == (5, 2, 3, 8)  # the segment itself was never damaged
