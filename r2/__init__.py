@@ -3,7 +3,7 @@
 `r2.Predictor(checkpoint).predict(video, queries)` runs a trained checkpoint on any video file (see r2.predict).
 Submodules are imported on first use, so `import r2` stays cheap.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["Predictor", "__version__"]
 
 

@@ -47,7 +47,8 @@ OFF = "none"
 
 def allows_off(hint) -> bool:
     """Whether a config field of type `hint` takes OFF beside its numbers (`int | str | None`: --lr-drop, --unit)."""
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else ()
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    args = typing.get_args(hint) if union else ()
     return str in args and any(a not in (str, type(None)) for a in args)
 
 

@@ -40,7 +40,7 @@ from r2.runtime import pick_device, pick_precision, precision_name, seed_everyth
 
 
 def resolve(cfg: TrainConfig, cache: Cache) -> tuple[TrainConfig, R2Config, LossConfig, DecodeConfig]:
-    """Fill every None field from the dataset's defaults (an LR drop of None: -1, none) and check the splits and
+    """Fill every None field from the dataset's defaults (an LR drop of None: OFF, never) and check the splits and
     domain against the cache; the model, loss and decoding values are written back, so the config records them."""
     name = cache.dataset
     info = recipe(name).info

@@ -1,7 +1,7 @@
 """What a training or evaluation run is configured with: TrainConfig (train/fit.py's flags, each checked against
 its rule when the config is made), EvaluateConfig (train/evaluate.py's), and what a checkpoint's saved config means
 again: `saved_config` reads it back, `decode_config` gives the decoding it ran with. No trainer here: r2.predict
-and the sweep read configs without importing the training loop.
+reads a checkpoint's config without importing the training loop.
 """
 from __future__ import annotations
 
@@ -87,7 +87,9 @@ def _checked(name: str, hint, value):
     test, allowed = _RULES[name]
     accepted = (int, float) if kind is float else (kind,)
     if isinstance(value, bool) or not isinstance(value, accepted) or not test(kind(value)):
-        raise ConfigError(f"{flag(name)} {shown(value)}: must be {allowed}")
+        was_off = allows_off(hint) and value in (-1, 0)  # r2 <= 0.2 spelt off -1 (--lr-drop) and 0 (--unit)
+        raise ConfigError(f"{flag(name)} {shown(value)}: must be {allowed}"
+                          + (f" (since r2 0.3, {shown(value)} no longer means off)" if was_off else ""))
     return kind(value)
 
 
@@ -124,7 +126,7 @@ class TrainConfig:
                                  "metavar": "FILE"})
     out: str | None = _opt("the run folder", "runs/<cache name>-<time>", "DIR")
     domain: str | None = _opt("the YouTube Highlights / TVSum domain to train and evaluate (required there)",
-                              "none: the whole set")
+                              "the whole set")
     # schedule (None: the dataset recipe's, SPEC §7)
     batch_size: int | None = _opt("the global batch size (split over DDP processes)",
                                   _recipe("batch size", lambda r: r.schedule.batch_size))
@@ -174,7 +176,8 @@ class TrainConfig:
                          "training split resident on that device in its stored format, batches built by indexing, "
                          "no DataLoader workers), auto (the training device when it fits, else stream)", OFF)
     progress: bool = _with("show a progress bar per epoch", True)
-    compile: bool = _with("torch.compile the model (CPU or CUDA): slower first epoch, faster steps", False)
+    compile: bool = _with("torch.compile the model (CPU or CUDA; it compiles the plain path, not the fused eager one): a slow first "
+                        "epoch; its speed: README Benchmarks", False)
     resume: str | None = _opt("a run folder: continue from its last.pt with its own settings", "a new run", "DIR")
 
     def __post_init__(self):

@@ -28,6 +28,7 @@ def test_parse_grid_types_values_with_the_field_type():
     assert list(grid) == ["lr", "batch_size", "nms", "progress"]  # flag order is kept
     off = parse_grid(["lr-drop=20,none", "unit=none,2"])  # "none" is off for the numbers that can be turned off
     assert off == {"lr_drop": [("20", 20), ("none", "none")], "unit": [("none", "none"), ("2", 2.0)]}
+    assert isinstance(off["lr_drop"][0][1], int) and isinstance(off["unit"][1][1], float)
 
 
 @pytest.mark.parametrize("specs, message", [

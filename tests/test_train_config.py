@@ -35,7 +35,7 @@ BAD = [
     ("lr", math.nan, "> 0"),
     ("lr", math.inf, "> 0"),
     ("lr_drop", 0, ">= 1, or none for no LR drop"),
-    ("lr_drop", -1, ">= 1, or none for no LR drop"),  # r2 <= 0.2's "never": only saved configs are read that way
+    ("lr_drop", -1, ">= 1, or none for no LR drop (since r2 0.3, -1 no longer means off)"),  # r2 0.2's "never"
     ("lr_drop", "never", ">= 1, or none for no LR drop"),
     ("warmup_iters", -1, ">= 0"),
     ("warmup_ratio", 1.5, "0 and 1"),
@@ -55,7 +55,7 @@ BAD = [
     ("nms_iou", 0.0, "(0, 1]"),
     ("nms_iou", 1.5, "(0, 1]"),
     ("unit", -2.0, "> 0, or none for no rounding"),
-    ("unit", 0.0, "> 0, or none for no rounding"),  # r2 <= 0.2's "no rounding"
+    ("unit", 0.0, "> 0, or none for no rounding (since r2 0.3, 0.0 no longer means off)"),  # r2 0.2's "no rounding"
     ("unit", "off", "> 0, or none for no rounding"),
     ("seed", -1, "0 .. 2**32 - 1"),
     ("seed", 2 ** 32, "0 .. 2**32 - 1"),
@@ -106,7 +106,7 @@ def test_valid_values_pass_unchanged():
                   progress=False, resume="runs/y")
     cfg = TrainConfig(**values)
     assert {k: getattr(cfg, k) for k in values} == values
-    assert TrainConfig(cache="c.h5", lr_drop=None).lr_drop is None  # a resolved config without an LR drop
+    assert TrainConfig(cache="c.h5", lr_drop=None).lr_drop is None  # None: the recipe's (resolve fills it in)
 
 
 def test_an_official_checkpoints_config_still_loads():
