@@ -712,6 +712,12 @@ def open_segment(path: Path, attempts: int = 20) -> h5py.File:
             if locked:
                 raise CacheError(f"{path}: another process holds this cache segment open for writing (HDF5 file "
                                  f"lock); close it, then re-run") from None
+            if reopening:  # no live writer, yet flagged open by a non-SWMR writer: one killed while reopening it
+                raise CacheError(f"{path}: its writer was killed while reopening it, and HDF5 refuses the file's "
+                                 f"'open for writing' flags; to keep its committed videos, clear the flags with "
+                                 f"HDF5's `h5clear -s {path}` (then `python -m r2.cache verify` checks them), or "
+                                 f"delete it and re-run extraction for its shard (its videos are extracted "
+                                 f"again)") from None
             raise CacheError(f"{path}: cannot open this cache segment ({' '.join(str(e).split())[:200]}); delete it "
                              f"and re-run extraction for its shard") from None
 

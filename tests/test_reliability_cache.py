@@ -197,3 +197,24 @@ def test_a_segment_a_live_writer_holds_open_is_busy_not_damaged(tmp_path, with_l
             holder.kill()
     assert holder.returncode == 0
     assert Cache(entry).video("v0").shape == (5, 2, 3, 8)  # the segment itself was never damaged
+
+
+def test_a_segment_whose_writer_died_while_reopening_it_says_how_to_recover(tmp_path):
+    """A writer killed between reopening its segment read-write and switching to SWMR leaves HDF5's non-SWMR 'open
+    for writing' flags: no reader may open it. The error says what happened and names both ways out (h5clear -s
+    keeps the committed videos; deleting re-extracts them), where it used to say only "delete it"."""
+    entry = tmp_path / "x.h5"
+    write_entry(entry, dataset="demo", fingerprint=FP, dims=DIMS, annotations={"train": []})
+    with ShardWriter(entry, shard=(0, 1), fingerprint=FP, dims=DIMS) as w:
+        w.add_video("v0", np.ones((5, 2, 3, 8), np.float16), np.arange(5) * 2.0, 10.0, 0.5)
+    (segment,) = parts_dir(entry).glob("*.h5")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(segment), "lock"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    holder.kill()  # killed with the segment open: its flags stay set, its locks go with it
+    holder.wait()
+    with pytest.raises(CacheError) as e:
+        Cache(entry)
+    message = str(e.value)
+    assert message.startswith(f"{segment}: its writer was killed while reopening it") and "\n" not in message
+    assert f"h5clear -s {segment}" in message and "delete it and re-run extraction" in message
