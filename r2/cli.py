@@ -14,36 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Callable
 
-from r2.errors import OFF, allows_off, command, flag
+from r2.errors import command, field_type, flag, scalar_parser
 
-__all__ = ["add_fields", "field_type", "flag", "help_of", "scalar_parser", "shard"]
-
-
-def field_type(config: type, name: str):
-    """The scalar type of a dataclass field (`int | None` -> int, `str` -> str)."""
-    hint = typing.get_type_hints(config)[name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
-
-
-def scalar_parser(config: type, name: str) -> Callable[[str], object]:
-    """The argparse type of a non-bool field: its scalar type, or for a number that can be turned off (`int | str |
-    None`: --lr-drop, --unit) that type or the word none."""
-    kind = field_type(config, name)
-    if not allows_off(typing.get_type_hints(config)[name]):
-        return kind
-
-    def number_or_off(text: str):
-        return OFF if text == OFF else kind(text)
-
-    number_or_off.__name__ = f"{kind.__name__} or {OFF}"  # argparse's "invalid int or none value: 'x'"
-    return number_or_off
+__all__ = ["add_fields", "help_of", "shard"]
 
 
 def help_of(f: dataclasses.Field, helps: dict[str, dict] | None = None) -> str:

@@ -1,5 +1,7 @@
 """r2's error classes: every failure that a user can fix is an `R2Error` whose message names the file or field
-and what to do; command-line entry points print it on one line (anything else is a bug and keeps its traceback)."""
+and what to do; command-line entry points print it on one line (anything else is a bug and keeps its traceback).
+Also the spelling of a config field as a flag, shared by every command and by the sweep's grid: its name (`flag`),
+its value type and text parser (`field_type`, `scalar_parser`) and the one word for off (`OFF`)."""
 import functools
 import os
 import sys
@@ -9,7 +11,7 @@ import warnings
 from typing import Callable
 
 __all__ = ["OFF", "R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "allows_off",
-           "command", "flag", "one_line_warning"]
+           "command", "field_type", "flag", "one_line_warning", "scalar_parser"]
 
 
 class R2Error(Exception):
@@ -50,6 +52,28 @@ def allows_off(hint) -> bool:
     union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
     args = typing.get_args(hint) if union else ()
     return str in args and any(a not in (str, type(None)) for a in args)
+
+
+def field_type(config: type, name: str):
+    """The scalar type of a dataclass field (`int | None` -> int, `str` -> str)."""
+    hint = typing.get_type_hints(config)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def scalar_parser(config: type, name: str) -> Callable[[str], object]:
+    """The argparse type of a non-bool field: its scalar type, or for a number that can be turned off (`int | str |
+    None`: --lr-drop, --unit) that type or the word none."""
+    kind = field_type(config, name)
+    if not allows_off(typing.get_type_hints(config)[name]):
+        return kind
+
+    def number_or_off(text: str):
+        return OFF if text == OFF else kind(text)
+
+    number_or_off.__name__ = f"{kind.__name__} or {OFF}"  # argparse's "invalid int or none value: 'x'"
+    return number_or_off
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None):

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 import traceback
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +35,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from r2 import metrics
+from r2 import errors, metrics
 from r2.cache import Cache
 from r2.data import Preloaded
-from r2.errors import OFF, ConfigError, allows_off
+from r2.errors import ConfigError
 from r2.train import Trainer
 from r2.train_config import TrainConfig
 
@@ -87,22 +86,18 @@ class SweepResult:
 
 
 def field_type(name: str) -> type:
-    """The scalar type of a TrainConfig field (`int | None` -> int); unknown names raise listing the fields."""
+    """The scalar type of a TrainConfig field a trial can vary (`int | None` -> int); other names raise listing the
+    fields."""
     if name not in typing.get_type_hints(TrainConfig) or name in RESERVED:
         allowed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESERVED]
         raise ConfigError(f"--grid {name}: not a TrainConfig field a trial can vary; one of {', '.join(allowed)}")
-    hint = typing.get_type_hints(TrainConfig)[name]
-    if isinstance(hint, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+    return errors.field_type(TrainConfig, name)
 
 
 def parse_value(name: str, text: str):
-    """One grid value, parsed with the field's type: lr '1e-4' -> 0.0001, compile 'false' -> False, lr_drop 'none'
-    -> 'none' (OFF)."""
+    """One grid value, parsed as its flag would be (`r2.errors.scalar_parser`): lr '1e-4' -> 0.0001, lr_drop 'none'
+    -> 'none' (off); a bool as true/yes/1 or false/no/0."""
     kind = field_type(name)
-    if text.strip() == OFF and allows_off(typing.get_type_hints(TrainConfig)[name]):
-        return OFF
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("true", "yes", "1"):
@@ -110,10 +105,11 @@ def parse_value(name: str, text: str):
         if lowered in ("false", "no", "0"):
             return False
         raise ConfigError(f"--grid {name}={text}: {text!r} is not a boolean (true/false)")
+    parse = errors.scalar_parser(TrainConfig, name)
     try:
-        return kind(text)
+        return parse(text)
     except ValueError:
-        raise ConfigError(f"--grid {name}={text}: {text!r} is not a valid {kind.__name__}") from None
+        raise ConfigError(f"--grid {name}={text}: {text!r} is not a valid {parse.__name__}") from None
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[tuple[str, object]]]:
