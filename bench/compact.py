@@ -37,7 +37,8 @@ from r2.data import GroundingDataset
 from r2.demo import make_demo
 from r2.extract import ExtractConfig, extract
 from r2.sweep import to_markdown
-from r2.train import TrainConfig, Trainer
+from r2.train import Trainer
+from r2.train_config import TrainConfig
 
 STORES = ("fp16", "int8", "fp8")
 METRICS = ("MR-full-R1@0.5", "MR-full-mAP")

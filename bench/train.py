@@ -64,7 +64,7 @@ from r2.model.block import torch_dropout
 from r2.sweep import bench_per_trial, to_markdown
 from r2.recipes import recipe
 from r2.runtime import pick_device, pick_precision
-from r2.train import TrainConfig
+from r2.train_config import TrainConfig
 
 DATASET = "qvhighlights"
 FPS = 0.5  # QVHighlights: one frame per 2 s clip

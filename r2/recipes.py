@@ -100,7 +100,7 @@ _TVSUM_COLUMNS = tuple((d, f"mAP-{d}", 100) for d in ("VT", "VU", "GA", "MS", "P
     ("Avg.", "mAP", 100),)
 
 # The paper's R²-Tuning rows are from the paper (README: The six benchmarks). The demo / custom schedules are not in
-# the paper: the default demo (70 videos) reaches val R1@0.5 ~80 in its 12 epochs, in under 2 minutes of training
+# the paper: the default demo (70 videos) reaches val R1@0.5 ~88 in its 12 epochs, in under 2 minutes of training
 # on 2 CPU cores with the tiny CLIP (tests/test_demo.py holds it to >= 60); custom sets (often small) get the same
 # recipe with more epochs. Their dropout (0.1) is sized for small
 # sets that must train in minutes on a CPU: raise it with --dropout for a large custom set.

@@ -4,7 +4,7 @@
         --query "a man opens the fridge" [--query ...] [--out out/] [--plot] [--html [--embed-video]] \\
         [--export-chapters] [--export-clips [moments|reel]]
 
-Python: `r2.Predictor(checkpoint).predict(video, queries) -> Prediction`. The command line is r2/predict/__main__.py,
+Python: `r2.Predictor(checkpoint).predict(video, queries) -> Prediction`. The command line is r2/predict/cli.py,
 the encoded-video cache r2/predict/features.py.
 
 Features are made exactly as the cache the checkpoint was trained on: the CLIP named in the checkpoint's
