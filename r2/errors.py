@@ -11,7 +11,7 @@ import warnings
 from typing import Callable
 
 __all__ = ["OFF", "R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "allows_off",
-           "command", "field_type", "flag", "one_line_warning", "scalar_parser"]
+           "command", "field_type", "flag", "one_line_warning", "scalar_kind", "scalar_parser"]
 
 
 class R2Error(Exception):
@@ -54,12 +54,16 @@ def allows_off(hint) -> bool:
     return str in args and any(a not in (str, type(None)) for a in args)
 
 
-def field_type(config: type, name: str):
-    """The scalar type of a dataclass field (`int | None` -> int, `str` -> str)."""
-    hint = typing.get_type_hints(config)[name]
+def scalar_kind(hint):
+    """The scalar type of a field's type hint: `int | None` -> int, `int | str | None` -> int, `str` -> str."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        return next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
+
+
+def field_type(config: type, name: str):
+    """The scalar type of a dataclass field (`scalar_kind` of its hint)."""
+    return scalar_kind(typing.get_type_hints(config)[name])
 
 
 def scalar_parser(config: type, name: str) -> Callable[[str], object]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
-import types
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Callable
 
 from r2.data import PRELOAD_CHOICES
 from r2.decode import DecodeConfig, decode_config_for
-from r2.errors import OFF, ConfigError, allows_off, flag
+from r2.errors import OFF, ConfigError, allows_off, flag, scalar_kind
 from r2.losses import LossConfig
 from r2.model import R2Config
 from r2.recipes import by_dataset
@@ -74,9 +73,8 @@ _RULES: dict[str, tuple[Callable, str]] = {
 def _checked(name: str, hint, value):
     """`value` for field `name` of type `hint` (`int | None` ...), ints made floats where a float is asked;
     ConfigError when its type or its rule refuses it."""
-    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
-    kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    if value is None and optional:
+    kind = scalar_kind(hint)
+    if value is None and type(None) in typing.get_args(hint):
         return value
     if value == OFF and allows_off(hint):
         return value
