@@ -1,8 +1,10 @@
 """The cache format: round trips, resumable shards, kills at random moments, locks, fingerprints."""
+import fcntl
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +84,21 @@ def test_second_writer_of_a_shard_refuses(tmp_path):
             ShardWriter(entry, shard=(0, 2), fingerprint=FP, dims=DIMS)
         with ShardWriter(entry, shard=(1, 2), fingerprint=FP, dims=DIMS) as other:  # other shards are free
             other.add_video("z", video_feats(0, 1), np.zeros(1), 2.0, 0.5)
+
+
+def test_a_readers_momentary_lock_probe_does_not_refuse_a_writer(tmp_path):
+    """A reader that cannot open a segment probes the shard lock (shared, for an instant) to name its writer; a
+    writer starting in that instant waits it out instead of reporting a second writer."""
+    entry = make_entry(tmp_path)
+    with ShardWriter(entry, shard=(0, 1), fingerprint=FP, dims=DIMS) as w:
+        w.add_video("a", video_feats(0, 2), np.arange(2.0), 4.0, 0.5)
+    [lock] = parts_dir(entry).glob("*.lock")
+    with open(lock) as probe:
+        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        threading.Timer(0.05, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
+        with ShardWriter(entry, shard=(0, 1), fingerprint=FP, dims=DIMS) as w:
+            w.add_video("b", video_feats(1, 2), np.arange(2.0), 4.0, 0.5)
+    assert sorted(Cache(entry).videos) == ["a", "b"]
 
 
 def test_other_settings_are_refused(tmp_path):
