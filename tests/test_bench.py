@@ -194,15 +194,34 @@ def test_compact_bench_prints_its_table(tmp_path):
     labels = ["fp16", "int8", "fp8", "fp16, seed + 1"]
     assert [(r["set"], r["store"]) for r in rows] == [(s, label) for s in ("demo", "custom") for label in labels]
     same = [f"Δ {m}, same weights, {split}" for split in ("val", "train") for m in ("MR-full-R1@0.5", "MR-full-mAP")]
+    errors = [f"s.e. R1 / mAP, same weights, {split}" for split in ("val", "train")]
     for r in rows:
         assert re.fullmatch(r"\d+ / \d+", r["queries val / train"])
         if r["store"] in ("int8", "fp8"):
             assert float(r["bytes / fp16"]) <= 0.51 and all(math.isfinite(float(r[c])) for c in same)
-        elif r["store"] == "fp16, seed + 1":  # the spread row has no same-weights comparison
-            assert all(r[c] == "-" for c in same)
+            assert all(re.fullmatch(r"\d+\.\d\d / \d+\.\d\d", r[c]) for c in errors)
+        else:  # fp16 is the reference; the spread row has no same-weights comparison
+            assert all(r[c] == "-" for c in errors)
+            if r["store"] == "fp16, seed + 1":
+                assert all(r[c] == "-" for c in same)
     for name in ("demo", "custom"):
         err = {r["store"]: float(r["mean abs err"]) for r in rows if r["set"] == name}
         assert 0 < err["int8"] < err["fp8"] < 0.05
+
+
+def test_compact_bench_per_query_values_average_to_the_metrics():
+    """bench/compact.py's standard errors rest on R1@0.5 and mAP being means of its per-query values: a window equal
+    to the GT scores 100 / 100, one of IoU 0.6 scores 100 / 30 (matched at the thresholds 0.5, 0.55, 0.6 of ten),
+    one of IoU 0.25 scores 0 / 0."""
+    from r2.metrics import moments
+
+    gt = [{"qid": q, "relevant_windows": [[0, 10]]} for q in (1, 2, 3)]
+    preds = [{"qid": 1, "pred_relevant_windows": [[0, 10, 0.9]]}, {"qid": 3, "pred_relevant_windows": [[0, 2.5, 0.8]]},
+             {"qid": 2, "pred_relevant_windows": [[0, 6, 0.7], [20, 30, 0.1]]}]
+    values = load_script("compact").per_query(preds, gt)
+    assert values.tolist() == [[100, 100], [0, 0], [100, 30]]
+    assert values[:, 0].mean() == pytest.approx(moments.mr_r1(preds, gt)[0]["0.5"], abs=0.01)
+    assert values[:, 1].mean() == pytest.approx(moments.mr_ap(preds, gt)["average"], abs=0.01)
 
 
 def test_non_empty_work_folder_is_refused(tmp_path):
