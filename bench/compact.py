@@ -101,12 +101,12 @@ def train(entry: Path, out: Path, args, seed: int) -> tuple[dict[str, float], Tr
     return {m: float(last[f"val_{m}"]) for m in METRICS}, trainer
 
 
-def per_query(preds: list[dict], gt: list[dict]) -> np.ndarray:
-    """(queries, 2): each query's R1@0.5 (0 or 100) and AP (its mean over the mAP thresholds), in percent: the two
-    metrics are these columns' means, so a paired difference of them gives a store's change and its standard error."""
+def per_query(preds: list[dict], gt: list[dict]) -> dict:
+    """qid -> (R1@0.5 (0 or 100), AP (its mean over the mAP thresholds)) of each query, in percent: the two metrics
+    are the means of these over the queries, so paired differences give a store's change and its standard error."""
     by_qid = {g["qid"]: g for g in gt}
-    return np.array([(moments.mr_r1([p], [by_qid[p["qid"]]])[0]["0.5"],
-                      moments.mr_ap([p], [by_qid[p["qid"]]])["average"]) for p in preds])
+    return {p["qid"]: np.array([moments.mr_r1([p], [by_qid[p["qid"]]])[0]["0.5"],
+                                moments.mr_ap([p], [by_qid[p["qid"]]])["average"]]) for p in preds}
 
 
 def evaluate_on(trainer: Trainer, entry: Path, split: str) -> dict:
@@ -120,8 +120,12 @@ def evaluate_on(trainer: Trainer, entry: Path, split: str) -> dict:
 
 
 def standard_error(store: dict, fp16: dict) -> str:
-    """'R1@0.5 / mAP' standard errors of a store's same-weights change: of the mean of the per-query differences."""
-    diff = store["per query"] - fp16["per query"]  # (queries, 2)
+    """'R1@0.5 / mAP' standard errors of a store's same-weights change: of the mean of the per-query differences,
+    paired by qid (both evaluations cover the same queries)."""
+    ours, reference = store["per query"], fp16["per query"]
+    if ours.keys() != reference.keys():
+        raise ValueError("the two evaluations cover different queries: nothing to pair")
+    diff = np.stack([ours[q] - reference[q] for q in reference])  # (queries, 2)
     se = diff.std(axis=0, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.full(2, np.nan)
     return f"{se[0]:.2f} / {se[1]:.2f}"
 

@@ -563,24 +563,26 @@ def datasets_of(store: Store) -> tuple[str, ...]:
     return _DATASETS + (SCALE_DATASETS if store.compact else ())
 
 
-def _acquire_lock(path: Path, attempts: int = 20):
+def _acquire_lock(path: Path, attempts: int = 50):
     """The shard lock, exclusive, held by the returned handle. A writer holds it for its whole run; a reader's
-    `_lock_holder` probe holds it shared for an instant, so a refused attempt is retried for ~0.2 s before it means
+    `_lock_holder` probe holds it shared for an instant, so a refused attempt is retried for ~0.5 s before it means
     another writer."""
     handle = open(path, "a+")
-    for attempt in range(attempts):
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if attempt < attempts - 1:
+    try:
+        for attempt in range(attempts):
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == attempts - 1:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise ShardLockedError(f"{path}: this shard is being written by {holder}; run each shard once "
+                                           f"(--shard I/N), or wait for it to finish") from None
                 time.sleep(0.01)
-                continue
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise ShardLockedError(f"{path}: this shard is being written by {holder}; run each shard once "
-                                   f"(--shard I/N), or wait for it to finish") from None
+    except BaseException:  # refused, or interrupted while waiting: the handle is not kept
+        handle.close()
+        raise
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")

@@ -45,7 +45,8 @@ class ExtractConfig:
                                                          "(float8_e4m3fn), the 1-byte stores with float16 scales per "
                                                          "(video, layer, channel) and per (query token, layer), "
                                                          "about 0.505x the fp16 bytes; int8 keeps the metrics within "
-                                                         "0.3 points, fp8 costs up to ~1.3 mAP (bench/compact.py); "
+                                                         "0.3 points, fp8 lost ~1.3 mAP on held-out queries "
+                                                         "(bench/compact.py); "
                                                          "changes the fingerprint, so it needs its own cache (python "
                                                          "-m r2.cache convert makes one from an fp16 cache)"})
 

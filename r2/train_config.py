@@ -174,9 +174,8 @@ class TrainConfig:
                          "training split resident on that device in its stored format, batches built by indexing, "
                          "no DataLoader workers), auto (the training device when it fits, else stream)", OFF)
     progress: bool = _with("show a progress bar per epoch", True)
-    compile: bool = _with("torch.compile the model: it compiles the plain path, not the fused eager one, so a slow "
-                        "first epoch, and on a CPU 2.8x slower steps than without it (README Benchmarks): for CUDA",
-                        False)
+    compile: bool = _with("torch.compile the model (the plain path, not the fused eager one): the first epoch "
+                        "compiles, and on a CPU steps are 2.8x slower than without it (README Benchmarks)", False)
     resume: str | None = _opt("a run folder: continue from its last.pt with its own settings", "a new run", "DIR")
 
     def __post_init__(self):

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # the benchmark scripts run end to end (about 1.5 minutes in all)
@@ -219,9 +220,22 @@ def test_compact_bench_per_query_values_average_to_the_metrics():
     preds = [{"qid": 1, "pred_relevant_windows": [[0, 10, 0.9]]}, {"qid": 3, "pred_relevant_windows": [[0, 2.5, 0.8]]},
              {"qid": 2, "pred_relevant_windows": [[0, 6, 0.7], [20, 30, 0.1]]}]
     values = load_script("compact").per_query(preds, gt)
-    assert values.tolist() == [[100, 100], [0, 0], [100, 30]]
-    assert values[:, 0].mean() == pytest.approx(moments.mr_r1(preds, gt)[0]["0.5"], abs=0.01)
-    assert values[:, 1].mean() == pytest.approx(moments.mr_ap(preds, gt)["average"], abs=0.01)
+    assert {q: v.tolist() for q, v in values.items()} == {1: [100, 100], 3: [0, 0], 2: [100, 30]}
+    table = np.stack(list(values.values()))
+    assert table[:, 0].mean() == pytest.approx(moments.mr_r1(preds, gt)[0]["0.5"], abs=0.01)
+    assert table[:, 1].mean() == pytest.approx(moments.mr_ap(preds, gt)["average"], abs=0.01)
+
+
+def test_compact_bench_standard_error_is_of_the_paired_differences():
+    """Differences store - fp16 per qid (whatever order each lists them in): R1 (0, 0, 100) has sample std 57.735,
+    s.e. 57.735 / sqrt(3) = 33.33; AP (1, 2, 3) -> std 1, s.e. 0.58. Unpaired, or a population std, differs."""
+    standard_error = load_script("compact").standard_error
+    fp16 = {"per query": {1: np.array([100.0, 50]), 2: np.array([0.0, 40]), 3: np.array([0.0, 30])}}
+    store = {"per query": {3: np.array([100.0, 33]), 1: np.array([100.0, 51]), 2: np.array([0.0, 42])}}
+    assert standard_error(store, fp16) == "33.33 / 0.58"
+    assert standard_error(fp16, fp16) == "0.00 / 0.00"
+    with pytest.raises(ValueError, match="different queries"):
+        standard_error({"per query": {1: np.zeros(2)}}, fp16)
 
 
 def test_non_empty_work_folder_is_refused(tmp_path):

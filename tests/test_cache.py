@@ -95,9 +95,13 @@ def test_a_readers_momentary_lock_probe_does_not_refuse_a_writer(tmp_path):
     [lock] = parts_dir(entry).glob("*.lock")
     with open(lock) as probe:
         fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        threading.Timer(0.05, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
-        with ShardWriter(entry, shard=(0, 1), fingerprint=FP, dims=DIMS) as w:
-            w.add_video("b", video_feats(1, 2), np.arange(2.0), 4.0, 0.5)
+        release = threading.Timer(0.05, fcntl.flock, (probe, fcntl.LOCK_UN))
+        release.start()
+        try:
+            with ShardWriter(entry, shard=(0, 1), fingerprint=FP, dims=DIMS) as w:
+                w.add_video("b", video_feats(1, 2), np.arange(2.0), 4.0, 0.5)
+        finally:
+            release.join()
     assert sorted(Cache(entry).videos) == ["a", "b"]
 
 
