@@ -44,7 +44,9 @@ same layout with 1-byte features and float16 scales:
     query_feats   int8 or uint8 (N_tokens, K, Dq)
     query_scales  float16 (N_tokens, K)           one scale per (token, layer) of each query: the same rows as
                                                   query_feats
-  The rule (`quantize`): from the float16 features, scale = absmax / QMAX, rounded to float16, the absmax taken over
+  The rule (`quantize`): from the float16 features, scale = absmax / QMAX rounded up to a float16 (`scales_for`:
+  nothing clips, and a nonzero group never gets scale 0; rounded down where QMAX x scale would pass 65504, the
+  largest float16, so a decoded value is always finite), the absmax taken over
   a video's frames and tokens per (layer, channel) (VIDEO_AXES: CLIP's residual stream has a few channels far larger
   than the rest in every token) and over a query token's channels per layer (QUERY_AXES: a query has ~10 tokens, so
   per-channel scales would cost 1/L of its bytes, and its SOT token is far larger than the others); stored =
@@ -147,12 +149,28 @@ VIDEO_AXES = (0, 2)  # video features (T, K, P+1, Dv): absmax over frames and to
 QUERY_AXES = (2,)  # query features (L, K, Dq): absmax over channels -> scales (L, K)
 
 
+F16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def scales_for(absmax: np.ndarray, qmax: float) -> np.ndarray:
+    """float16 scales for groups of float32 absmax: absmax / qmax rounded up to a float16, so no value clips and a
+    nonzero group never gets scale 0 (a float16 subnormal, at worst); rounded down instead where the largest code
+    times the rounded-up scale would decode past float16's largest value (65504 would decode to inf)."""
+    exact = absmax.astype(np.float32) / np.float32(qmax)
+    scales = exact.astype(np.float16)
+    low = scales.astype(np.float32) < exact
+    scales[low] = np.nextafter(scales[low], np.float16(np.inf))
+    over = scales.astype(np.float32) * np.float32(qmax) > F16_MAX
+    scales[over] = np.nextafter(scales[over], np.float16(0))
+    return scales
+
+
 def quantize(feats: np.ndarray, store: Store, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Features -> (stored codes, float16 scales: the absmax over `axes` / QMAX, those axes dropped), by the rule in
     the module docstring. The input is rounded to float16 first, so extracting into a compact store and converting
     an fp16 cache give the same bytes."""
     x = np.asarray(feats).astype(np.float16).astype(np.float32)
-    scales = (np.abs(x).max(axis=axes) / np.float32(store.qmax)).astype(np.float16)  # (K, Dv) or (L, K)
+    scales = scales_for(np.abs(x).max(axis=axes), store.qmax)  # (K, Dv) or (L, K)
     s = np.expand_dims(scales.astype(np.float32), axes)  # (1, K, 1, Dv) or (L, K, 1)
     y = np.where(s > 0, x / np.where(s > 0, s, 1), 0).clip(-store.qmax, store.qmax)
     if store.storage is np.int8:
@@ -287,18 +305,39 @@ def write_entry(entry: Path, *, dataset: str, fingerprint: dict, dims: dict, ann
 
 
 def _check_entry(entry: Path, fingerprint: dict):
-    """An existing entry made with other settings is refused; a damaged one (it holds metadata and annotations
-    only, the features are in the parts) may be rewritten."""
-    if not entry.exists():
+    """An existing entry made with other settings is refused, and so is anything at that path that is not an r2
+    cache (a checkpoint, notes, another HDF5 file: never overwritten); a damaged entry (it holds metadata and
+    annotations only, the features are in the parts) may be rewritten."""
+    if not entry.exists() and not entry.is_symlink():
         return
     try:
         old = open_entry_attrs(entry)
     except CacheError:
+        other = _not_a_cache(entry)
+        if other:
+            raise CacheError(f"{entry} exists and is not an r2 cache ({other}); r2 never overwrites it: pass "
+                             f"another --out / destination, or move it away") from None
         return
     if old["fingerprint"] != fingerprint:
         raise CacheError(f"{entry} was extracted with other settings ({settings_diff(old['fingerprint'], fingerprint)})"
                          f"; re-run with the cache's settings, or pass --out for a new cache (deleting {entry} and "
                          f"{parts_dir(entry)} discards its features)")
+
+
+def _not_a_cache(entry: Path) -> str | None:
+    """What the existing path `entry` is when it is not an r2 cache's entry; None when it is one, perhaps damaged:
+    its parts folder is beside it, or it is an HDF5 file whose `format` attribute says so."""
+    if parts_dir(entry).is_dir():
+        return None
+    if entry.is_dir():
+        return "a folder"
+    if not entry.exists():
+        return "a link to a missing file"
+    try:
+        with h5py.File(entry, "r") as f:
+            return None if f.attrs.get("format") == FORMAT else "an HDF5 file without r2's format attribute"
+    except OSError:
+        return "not an HDF5 file"
 
 
 def check_before_writing(entry: Path, fingerprint: dict, dims: dict, shard: tuple[int, int]):

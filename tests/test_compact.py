@@ -44,13 +44,31 @@ def test_int8_by_hand_scales_ties_to_even_and_zero_channels():
 
 
 def test_the_absmax_maps_to_qmax_and_never_past_it():
-    # 1 / 127 rounds to a float16 scale slightly below it: 1.0 / scale = 127.008 is clipped to 127, not 128
+    # 1 / 127 and 1 / 448 round to nearest float16s below them; the scale is rounded up instead, so the absmax maps
+    # to just under the top code and rounds to it (nothing clips)
     x = np.array([[[1.0, -1.0]], [[0.5, 0.25]]], np.float16)  # (rows=2, K=1, D=2), absmax 1 in both channels
     for store, top in ((INT8, 127), (FP8, 448)):
         codes, scales = quantize(x, store, (0,))  # one scale per (layer, channel) over the rows
-        assert float(np.float32(1.0) / scales.astype(np.float32)[0, 0]) > top  # the scale rounded down
+        assert np.float32(1 / top).astype(np.float16) < np.float32(1 / top)  # nearest rounding would go down
+        assert top - 0.5 < float(np.float32(1.0) / scales.astype(np.float32)[0, 0]) <= top  # rounded up
         values = codes.astype(np.float32) if store is INT8 else cache.FP8_VALUES[codes]
         assert values[0, 0, 0] == top and values[0, 0, 1] == -top
+
+
+@pytest.mark.parametrize("name", ["int8", "fp8"])
+def test_extreme_groups_decode_finite_and_close(name):
+    """float16's largest value decodes finite (a scale rounded up would decode it to inf: 127 x 516 > 65504), and
+    tiny groups whose absmax / QMAX underflows float16 keep a nonzero scale instead of decoding to zeros."""
+    store = STORES[name]
+    for absmax in (65504.0, 60000.0, 1.0, 1e-5, 1e-6, 1e-7):
+        x = (np.array([1.0, -0.5, 0.25, -1.0], np.float32) * absmax).astype(np.float16).reshape(4, 1, 1)
+        codes, scales = quantize(x, store, (0,))
+        back = dequantize(codes, scales, (0,)).astype(np.float32)
+        assert np.isfinite(back).all() and scales[0, 0] > 0, absmax
+        top = float(np.abs(x).max())
+        # the absmax itself: within int8's half step (or fp8's 2^-4), or a float16 subnormal step of the scale
+        tolerance = max(top * (1 / 254 if name == "int8" else 2 ** -4), float(scales[0, 0]))
+        assert abs(float(np.abs(back).max()) - top) <= tolerance * 1.01, absmax
 
 
 def test_fp8_by_hand():
@@ -239,6 +257,42 @@ def test_convert_command_line(tmp_path):
     assert "0.5" in out.stdout.splitlines()[0] and "(fp8)" in out.stdout
     again = run("convert", str(src), str(tmp_path / "c.h5"), "--store", "int8")
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "dtype: cache 'float8_e4m3fn'" in again.stderr
+
+
+@pytest.mark.parametrize("victim", ["notes.txt", "best.pt", "other.h5", "folder", "link.h5"])
+def test_a_file_that_is_not_a_cache_is_never_overwritten(tmp_path, victim):
+    """Convert, extraction and merge write their entry through write_entry: an existing path there that is not an
+    r2 cache (notes, a checkpoint, another HDF5 file, a folder, a dangling link) is refused, its bytes untouched."""
+    import h5py
+
+    src = make_fp16_cache(tmp_path)
+    path = tmp_path / "out" / victim
+    path.parent.mkdir()
+    if victim == "other.h5":
+        with h5py.File(path, "w") as f:
+            f["weights"] = np.arange(5)
+    elif victim == "folder":
+        path.mkdir()
+    elif victim == "link.h5":
+        path.symlink_to(tmp_path / "nowhere")
+    else:
+        path.write_bytes(b"PK\x03\x04 a torch checkpoint" if victim == "best.pt" else b"my notes\n")
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(CacheError, match=f"{victim} exists and is not an r2 cache.*never overwrites it"):
+        write_entry(path, dataset="custom", fingerprint=FP, dims=DIMS, annotations={"train": []})
+    done = subprocess.run([sys.executable, "-m", "r2.cache", "convert", str(src), str(path), "--store", "int8"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not an r2 cache" in done.stderr, done.stderr
+    assert (path.read_bytes() if path.is_file() else None) == before and not cache.parts_dir(path).exists()
+
+
+def test_a_damaged_entry_beside_its_parts_is_still_rewritten(tmp_path):
+    """An entry whose file is garbage but whose parts folder is beside it is an r2 cache's: re-running rewrites it."""
+    src = make_fp16_cache(tmp_path)
+    dst = tmp_path / "c.h5"
+    convert(src, dst, "int8")
+    dst.write_bytes(b"garbage")
+    assert convert(src, dst, "int8").skipped == 13 and Cache(dst).records("train") == Cache(src).records("train")
 
 
 def test_a_compact_store_is_refused_in_a_cache_of_another(tmp_path):
