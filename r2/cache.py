@@ -829,6 +829,20 @@ def check_size(path: Path, needed: int):
                          f"delete it and re-run extraction for its shard (python -m r2.cache verify names the shard)")
 
 
+def expected_layout(dims: dict, store: Store) -> dict[str, tuple[np.dtype, tuple]]:
+    """dataset name -> (dtype, row shape) that `ShardWriter` creates for these dims in this store."""
+    k, p, dv, dq = len(dims["layers"]), dims["tokens"], dims["video_dim"], dims["query_dim"]
+    feats, f16, f64, i64, u8 = (np.dtype(t) for t in (store.storage, np.float16, np.float64, np.int64, np.uint8))
+    layout = {
+        "video_feats": (feats, (k, p, dv)), "video_times": (f64, ()), "video_index": (i64, (4,)),
+        "video_info": (f64, (2,)), "video_ids": (u8, ()), "query_feats": (feats, (k, dq)),
+        "query_index": (i64, (4,)), "query_texts": (u8, ()),
+    }
+    if store.compact:
+        layout.update(video_scales=(f16, (k, dv)), query_scales=(f16, (k,)))
+    return layout
+
+
 def read_segment_index(path: Path) -> SegmentIndex:
     with open_segment(path) as f:
         try:
@@ -838,10 +852,16 @@ def read_segment_index(path: Path) -> SegmentIndex:
             qindex = f["query_index"][...]
             q_bytes = f["query_texts"][...].tobytes()
             fp, dims = json.loads(f.attrs["fingerprint"]), json.loads(f.attrs["dims"])
-            needed = size_needed(path, f, rows_end(vindex), rows_end(qindex))
-        except (OSError, RuntimeError, KeyError, ValueError) as e:  # h5py: RuntimeError for some HDF5 calls
+            problem = _layout_problem(f, expected_layout(dims, store_of(fp)), vindex, qindex)
+            needed = size_needed(path, f, rows_end(vindex), rows_end(qindex)) if problem is None else 0
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py: RuntimeError for some calls
             raise CacheError(f"{path}: damaged cache segment ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
                              f"delete it and re-run extraction for its shard") from None
+        except CacheError as e:  # a fingerprint naming no store this r2 reads
+            raise CacheError(f"{path}: {e}") from None
+    if problem is not None:
+        raise CacheError(f"{path}: damaged cache segment ({problem}); delete it and re-run extraction for its shard "
+                         f"(`python -m r2.cache verify` lists every problem)")
     check_size(path, needed)
     videos, video_rows = {}, {}
     for j, ((off, n, first, rows), (duration, fps)) in enumerate(zip(vindex, vinfo)):
@@ -852,6 +872,25 @@ def read_segment_index(path: Path) -> SegmentIndex:
     for off, n, first, rows in qindex:
         queries.setdefault(q_bytes[off:off + n].decode("utf-8"), (int(first), int(rows)))
     return SegmentIndex(path, fp, dims, videos, queries, needed, video_rows)
+
+
+def _layout_problem(f: h5py.File, layout: dict, vindex: np.ndarray, qindex: np.ndarray) -> str | None:
+    """The first way the segment's datasets differ from `layout` (dtype, row shape), or hold fewer rows than its
+    index commits (a row per video: video_info, video_scales; per frame: video_feats, video_times; per query
+    token: query_feats, query_scales); None if none."""
+    for name, (dtype, row) in layout.items():
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            return f"dataset {name!r} is missing"
+        if ds.dtype != dtype or ds.shape[1:] != row:
+            return (f"{name} is {ds.dtype} (N, {', '.join(map(str, ds.shape[1:]))}), expected {dtype} "
+                    f"(N, {', '.join(map(str, row))})")
+    frames, tokens = rows_end(vindex), rows_end(qindex)
+    for name, rows in (("video_info", len(vindex)), ("video_scales", len(vindex)), ("video_feats", frames),
+                       ("video_times", frames), ("query_feats", tokens), ("query_scales", tokens)):
+        if name in layout and f[name].shape[0] < rows:
+            return f"{name} has {f[name].shape[0]} rows, its index commits {rows}"
+    return None
 
 
 def rows_end(index: np.ndarray) -> int:
@@ -963,7 +1002,7 @@ class Cache:
         feats = self._read(s, "video_feats", first, rows)
         if not self.store.compact:
             return feats, None
-        return feats, self._read(s, "video_scales", self._scale_row[vid], 1)[0]
+        return feats, self._scales(s, "video_scales", self._scale_row[vid], 1, f"video {vid!r}")[0]
 
     def times(self, vid: str) -> np.ndarray:
         s, first, rows, _, _ = self._videos[vid]
@@ -982,7 +1021,16 @@ class Cache:
         feats = self._read(s, "query_feats", first, rows)
         if not self.store.compact:
             return feats, None
-        return feats, self._read(s, "query_scales", first, rows)
+        return feats, self._scales(s, "query_scales", first, rows, f"query {text!r}")
+
+    def _scales(self, segment: int, name: str, first: int, rows: int, what: str) -> np.ndarray:
+        """A compact store's scale rows, which must be finite and >= 0 (a negative one would flip the features'
+        signs, silently)."""
+        scales = self._read(segment, name, first, rows)
+        if not (np.isfinite(scales).all() and (scales >= 0).all()):
+            raise CacheError(f"{self.segments[segment]}: the {name} of {what} are negative or not finite: the "
+                             f"segment is damaged; delete it and re-run extraction for its shard")
+        return scales
 
     def _read(self, segment: int, name: str, first: int, rows: int) -> np.ndarray:
         """Rows [first, first + rows) of a segment's dataset, after checking that the file still holds every
@@ -1027,6 +1075,34 @@ class Converted:
                 f"{self.bytes / 1e6:.1f} MB written{ratio}")
 
 
+def _finite(feats: np.ndarray, src: Path, dst: Path, what: str) -> np.ndarray:
+    """Features about to be converted, refused when the source holds NaN or inf (a compact store would hide them
+    behind a finite scale; an fp16 copy would carry them on)."""
+    if not np.isfinite(feats).all():
+        raise CacheError(f"{src}: {what} holds non-finite features (NaN or inf); {dst} keeps what was converted "
+                         f"before it; `python -m r2.cache verify {src}` names every damaged item")
+    return feats
+
+
+def _check_same_source(reader: "Cache", dst: Path):
+    """A DST that already holds a conversion must be one of this source, so that a re-run resumes it: the same
+    dataset and annotations, and no video or query text the source lacks."""
+    if not dst.is_file():
+        return
+    try:
+        old = Cache(dst)
+    except CacheError:  # a damaged entry beside its parts: rewritten from this source
+        return
+    differs = (old.dataset != reader.dataset or old.splits != reader.splits
+               or any(old.records(split) != reader.records(split) for split in old.splits))
+    extra = sorted(set(old.videos) - set(reader.videos)) + sorted(set(old.texts) - set(reader.texts))
+    old.close()
+    if differs or extra:
+        why = "its annotations differ" if differs else f"it holds {extra[0]!r}, which the source lacks"
+        raise CacheError(f"{dst} holds a conversion of another cache than {reader.entry} ({why}); pass a new "
+                         f"destination, or delete {dst} and {parts_dir(dst)} to convert into that path again")
+
+
 def convert(src: str | Path, dst: str | Path, store: str) -> Converted:
     """Write the features of the cache SRC into a new cache DST kept in `store` (fp16, int8, fp8), with SRC's
     annotations, fingerprint (its dtype changed) and failures. SRC is only read. Every item is committed as it is
@@ -1043,6 +1119,7 @@ def convert(src: str | Path, dst: str | Path, store: str) -> Converted:
                          f"{parts_dir(src)} to duplicate it)")
     fp, dims = with_store(reader.fingerprint, target), reader.dims
     check_before_writing(dst, fp, dims, (0, 1))
+    _check_same_source(reader, dst)
     out = Converted()
     with ShardWriter(dst, shard=(0, 1), fingerprint=fp, dims=dims) as writer:
         write_entry(dst, dataset=reader.dataset, fingerprint=fp, dims=dims,
@@ -1052,7 +1129,8 @@ def convert(src: str | Path, dst: str | Path, store: str) -> Converted:
                 out.skipped += 1
                 continue
             stored, scales = reader.stored_query(text)
-            out.bytes += writer.add_query(text, dequantize(stored, scales, QUERY_AXES))
+            out.bytes += writer.add_query(text, _finite(dequantize(stored, scales, QUERY_AXES), src, dst,
+                                                        f"query {text!r}"))
             out.source_bytes += stored.nbytes + (scales.nbytes if scales is not None else 0)
             out.queries += 1
         for vid in reader.videos:
@@ -1061,7 +1139,8 @@ def convert(src: str | Path, dst: str | Path, store: str) -> Converted:
                 continue
             stored, scales = reader.stored_video(vid)
             duration, fps = reader.video_info(vid)
-            out.bytes += writer.add_video(vid, dequantize(stored, scales, VIDEO_AXES), reader.times(vid), duration, fps)
+            feats = _finite(dequantize(stored, scales, VIDEO_AXES), src, dst, f"video {vid!r}")
+            out.bytes += writer.add_video(vid, feats, reader.times(vid), duration, fps)
             out.source_bytes += stored.nbytes + (scales.nbytes if scales is not None else 0)
             out.videos += 1
         failures = parts_dir(src) / "failures.jsonl"

@@ -124,20 +124,6 @@ def _head(items: list[str], k: int = 5) -> str:
 # ----------------------------------------------------------------------------------------------- verify
 
 
-def _expected_layout(dims: dict, store: cache.Store) -> dict[str, tuple[np.dtype, tuple]]:
-    """dataset name -> (dtype, row shape) that `ShardWriter` creates for these dims in this store."""
-    k, p, dv, dq = len(dims["layers"]), dims["tokens"], dims["video_dim"], dims["query_dim"]
-    feats, f16, f64, i64, u8 = (np.dtype(t) for t in (store.storage, np.float16, np.float64, np.int64, np.uint8))
-    layout = {
-        "video_feats": (feats, (k, p, dv)), "video_times": (f64, ()), "video_index": (i64, (4,)),
-        "video_info": (f64, (2,)), "video_ids": (u8, ()), "query_feats": (feats, (k, dq)),
-        "query_index": (i64, (4,)), "query_texts": (u8, ()),
-    }
-    if store.compact:
-        layout.update(video_scales=(f16, (k, dv)), query_scales=(f16, (k,)))
-    return layout
-
-
 @dataclass
 class _Segment:
     """What verify read from one segment: its committed items with their row ranges."""
@@ -169,10 +155,13 @@ def _check_ranges(path: Path, what: str, data: str, index: np.ndarray, start: in
 
 
 def _finite_rows(block: np.ndarray) -> np.ndarray:
-    """(rows,) True where a row of features holds no NaN/inf; uint8 rows are float8_e4m3fn codes (NaN: S.1111.111)."""
+    """(rows,) True where a row of features holds only values its store can write: no NaN/inf; uint8 rows are
+    float8_e4m3fn codes (NaN: S.1111.111), int8 rows codes in [-127, 127] (quantize never writes -128)."""
     flat = block.reshape(len(block), -1)
     if flat.dtype == np.uint8:
         return ((flat & 0x7F) != 0x7F).all(axis=1)
+    if flat.dtype == np.int8:
+        return (flat != -128).all(axis=1)
     return np.isfinite(flat).all(axis=1)
 
 
@@ -207,7 +196,8 @@ def _scan_values(path: Path, f: h5py.File, name: str, ranges: dict[str, tuple[in
     if bad_rows:
         bad = np.asarray(bad_rows)
         items = [item for item, (a, n) in ranges.items() if ((bad >= a) & (bad < a + n)).any()]
-        errors.append(f"{path.name}: {len(bad)} {name} rows hold NaN/inf, in {what} {_head(items)}: delete the "
+        kind = "the int8 code -128 (outside ±127)" if ds.dtype == np.int8 else "NaN/inf"
+        errors.append(f"{path.name}: {len(bad)} {name} rows hold {kind}, in {what} {_head(items)}: delete the "
                       f"segment and re-run its shard")
 
 
@@ -240,7 +230,7 @@ def _check_segment(path: Path, entry_fp: dict, entry_dims: dict, values: bool, r
             errors.append(f"{path.name}: {e}")
             return None
         layout_ok = True
-        for name, (dtype, row) in _expected_layout(dims, store).items():
+        for name, (dtype, row) in cache.expected_layout(dims, store).items():
             ds = f.get(name)
             if not isinstance(ds, h5py.Dataset):
                 errors.append(f"{path.name}: dataset {name!r} is missing")

@@ -321,6 +321,105 @@ def test_verify_finds_nan_codes_and_bad_scales(tmp_path):
     errors = verify.verify(dst).errors
     assert any("video_feats rows hold NaN/inf" in e for e in errors)
     assert any("query_scales of queries" in e and "negative or not finite" in e for e in errors)
+    int8 = tmp_path / "i8.h5"
+    convert(make_fp16_cache(tmp_path, name="again"), int8, "int8")
+    _edit_segment(int8, lambda f: f["query_feats"].__setitem__((0, 0, 0), -128))  # no quantize writes it
+    assert any("1 query_feats rows hold the int8 code -128 (outside ±127)" in e for e in verify.verify(int8).errors)
+
+
+def _edit_segment(entry: Path, edit) -> Path:
+    import h5py
+
+    segment = sorted(cache.parts_dir(entry).glob("shard-*.h5"))[0]
+    with h5py.File(segment, "r+") as f:
+        edit(f)
+    return segment
+
+
+def _replace(f, name: str, data: np.ndarray):
+    del f[name]
+    f.create_dataset(name, data=data, maxshape=(None, *data.shape[1:]))
+
+
+@pytest.mark.parametrize("damage", ["video_scales missing", "query_scales missing", "video_scales a column short",
+                                    "query_scales a column short", "video_scales a row short",
+                                    "query_scales a row short", "video_feats a channel short"])
+def test_a_segment_with_a_bad_scale_layout_is_refused_when_opened(tmp_path, damage):
+    """Every read path (training, preload, evaluate, convert) opens a cache through its segment index: a scale
+    dataset that is missing, of another row shape or with fewer rows than the index commits is a one-line error
+    there, not an IndexError / shape mismatch in the middle of a batch."""
+    entry = tmp_path / "c8.h5"
+    convert(make_fp16_cache(tmp_path), entry, "int8")
+    name, what = damage.split(" ", 1)
+
+    def edit(f):
+        data = f[name][...]
+        if what == "missing":
+            del f[name]
+        elif what == "a row short":
+            _replace(f, name, data[:-1])
+        else:  # a column (the last axis) short
+            _replace(f, name, data[..., :-1])
+    segment = _edit_segment(entry, edit)
+    with pytest.raises(CacheError, match=rf"{segment.name}: damaged cache segment \((dataset '{name}' is missing|"
+                                         rf"{name} is |{name} has )"):
+        Cache(entry)
+    done = subprocess.run([sys.executable, "-m", "r2.cache", "convert", str(entry), str(tmp_path / "o.h5"),
+                           "--store", "fp16"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "damaged cache segment" in done.stderr
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5])
+def test_a_bad_scale_is_an_error_on_read_not_a_silent_value(tmp_path, bad):
+    """A NaN, inf or negative scale (a negative one would flip the features' signs) stops the read that meets it:
+    training, preloading and convert all read through Cache.stored_video / stored_query."""
+    entry = tmp_path / "c8.h5"
+    convert(make_fp16_cache(tmp_path), entry, "int8")
+
+    def edit(f):
+        f["video_scales"][0, 0, 0] = bad
+        f["query_scales"][0, 0] = bad
+    _edit_segment(entry, edit)
+    c = Cache(entry)
+    with pytest.raises(CacheError, match=r"the video_scales of video 'v0' are negative or not finite"):
+        c.video("v0")
+    first_text = min(c._queries, key=lambda t: c._queries[t][1])  # the query whose rows start at 0
+    with pytest.raises(CacheError, match=r"the query_scales of query .* are negative or not finite"):
+        c.query(first_text)
+    with pytest.raises(CacheError, match="negative or not finite"):
+        convert(entry, tmp_path / "o.h5", "fp16")
+
+
+def test_convert_refuses_non_finite_source_features_and_keeps_what_it_wrote(tmp_path):
+    src = make_fp16_cache(tmp_path)
+    _edit_segment(src, lambda f: f["video_feats"].__setitem__((f["video_feats"].shape[0] - 1, 0, 0, 0), np.inf))
+    dst = tmp_path / "c8.h5"
+    with pytest.raises(CacheError, match=r"video 'v3' holds non-finite features \(NaN or inf\); .*c8.h5 keeps"):
+        convert(src, dst, "int8")
+    assert sorted(Cache(dst).videos) == ["v0", "v1", "v2"]  # the items converted before it are committed
+
+
+def test_convert_into_a_conversion_of_another_source_is_refused(tmp_path):
+    """Re-running a conversion resumes it; converting another cache into that destination (other annotations, or
+    a source lacking some of its videos) is refused instead of reporting 'already there' for the old features."""
+    src = make_fp16_cache(tmp_path)
+    dst = tmp_path / "c8.h5"
+    convert(src, dst, "int8")
+    other = make_fp16_cache(tmp_path, n_videos=3, name="other")
+    with pytest.raises(CacheError, match=r"holds a conversion of another cache than .*other.h5 \(its annotations "
+                                         r"differ\)"):
+        convert(other, dst, "int8")
+    fewer = tmp_path / "fewer.h5"  # the same annotations, v3 never extracted
+    a = Cache(src)
+    write_entry(fewer, dataset="custom", fingerprint=FP, dims=DIMS, annotations={"train": a.records("train")})
+    with ShardWriter(fewer, shard=(0, 1), fingerprint=FP, dims=DIMS) as w:
+        for vid in ("v0", "v1", "v2"):
+            w.add_video(vid, a.video(vid), a.times(vid), *a.video_info(vid))
+        for text in a.texts:
+            w.add_query(text, a.query(text))
+    with pytest.raises(CacheError, match=r"\(it holds 'v3', which the source lacks\)"):
+        convert(fewer, dst, "int8")
+    assert convert(src, dst, "int8").skipped == 13  # the same source resumes (here: nothing left)
 
 
 # ----------------------------------------------------------------------------------------------- batches
