@@ -567,17 +567,20 @@ class ShardWriter:
 
     def close(self):
         try:
-            self._ds.clear()
             if self._broken is None:
+                self._ds.clear()
                 self.file.close()
             else:
-                # The failed chunks are still in HDF5's cache and its close retries them: it fails again on a full
-                # disk. The error was reported; the segment keeps its open status flags, so it is read-only from
-                # now on (readers see its committed rows) and the next run appends a new segment.
+                # The failed chunks are still in HDF5's cache and closing a dataset retries them: it fails again on
+                # a full disk, and a dataset whose close failed stays open for the interpreter's exit to crash on.
+                # So the uncommitted rows (and their chunks) are dropped first, while the handles are open. The
+                # error was reported; the segment keeps its open status flags, so it is read-only from now on
+                # (readers see its committed rows) and the next run appends a new segment.
                 try:
-                    _truncate_to_committed(self.file)  # drops the unwritten chunks from HDF5's cache
+                    _truncate_to_committed(self.file, best_effort=True)  # drops the unwritten chunks from the cache
                 except (OSError, RuntimeError):
                     pass
+                self._ds.clear()
                 try:
                     self.file.close()  # always attempted: an HDF5 file left open crashes the interpreter's exit
                 except (OSError, RuntimeError):
@@ -646,21 +649,29 @@ def _append_bytes(ds: h5py.Dataset, text: str) -> tuple[int, int]:
     return _append(ds, data), len(data)
 
 
-def _truncate_to_committed(f: h5py.File):
-    """Drop rows past the last committed index row (left by a writer that failed between the two)."""
+def _truncate_to_committed(f: h5py.File, best_effort: bool = False):
+    """Drop rows past the last committed index row (left by a writer that failed between the two). best_effort
+    (after a failed write): every dataset is tried even when another one's resize fails, since a resize is also
+    what drops a failed write's new chunks from HDF5's cache, which its close would otherwise retry (and, failing,
+    leave the file open for the interpreter's exit to crash on); the first error is raised at the end."""
+    n = f["video_index"].shape[0]
+    ends = {"video_info": n, "video_scales": n}
     for index, pairs in (("video_index", [("video_ids", 0, 1), ("video_feats", 2, 3), ("video_times", 2, 3)]),
                          ("query_index", [("query_texts", 0, 1), ("query_feats", 2, 3), ("query_scales", 2, 3)])):
         idx = f[index][...]
         for name, start, length in pairs:
-            if name not in f:
-                continue
-            end = int((idx[:, start] + idx[:, length]).max()) if len(idx) else 0
-            if f[name].shape[0] != end:
+            ends[name] = int((idx[:, start] + idx[:, length]).max()) if len(idx) else 0
+    first_error = None
+    for name, end in ends.items():
+        if name in f and f[name].shape[0] != end:
+            try:
                 f[name].resize(end, axis=0)
-    n = f["video_index"].shape[0]
-    for name in ("video_info", "video_scales"):
-        if name in f and f[name].shape[0] != n:
-            f[name].resize(n, axis=0)
+            except (OSError, RuntimeError) as e:
+                if not best_effort:
+                    raise
+                first_error = first_error or e
+    if first_error is not None:
+        raise first_error
 
 
 def _check_segment(path: Path, fp: dict, dims: dict, want_fp: dict, want_dims: dict):

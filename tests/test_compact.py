@@ -4,6 +4,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -420,6 +421,50 @@ def test_convert_into_a_conversion_of_another_source_is_refused(tmp_path):
     with pytest.raises(CacheError, match=r"\(it holds 'v3', which the source lacks\)"):
         convert(fewer, dst, "int8")
     assert convert(src, dst, "int8").skipped == 13  # the same source resumes (here: nothing left)
+
+
+# Converts SRC under file-size limits from 40 % to 100 % of a clean conversion's segment: each must fail with
+# CacheWriteError (or finish), resume to the clean bytes, and leave no HDF5 file open: a segment left open crashes
+# the interpreter's exit (SIGSEGV), which is why this runs in its own process.
+SIZE_LIMIT_SWEEP = textwrap.dedent("""
+    import hashlib, resource, sys
+    from pathlib import Path
+    from r2 import cache
+    src, work, store = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    digest = lambda e: hashlib.sha256(b"".join(p.read_bytes() for p in sorted(cache.parts_dir(e).glob("*.h5")))).hexdigest()
+    clean = work / "clean.h5"
+    cache.convert(src, clean, store)
+    size = sum(p.stat().st_size for p in cache.parts_dir(clean).glob("*.h5"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    failed = 0
+    for i in range(30):
+        dst = work / f"limited-{i}.h5"
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(size * (0.4 + 0.02 * i)), hard))
+        try:
+            cache.convert(src, dst, store)
+        except cache.CacheWriteError as e:
+            assert "committed in this shard are intact" in str(e), e
+            failed += 1
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        done = cache.convert(src, dst, store)  # resumes in a new segment
+        assert sorted(cache.Cache(dst).videos) == sorted(cache.Cache(clean).videos), i
+        assert all((cache.Cache(dst).video(v) == cache.Cache(clean).video(v)).all() for v in cache.Cache(clean).videos)
+    print(failed)
+""")
+
+
+@pytest.mark.slow  # ~60 conversions
+@pytest.mark.parametrize("name", ["int8", "fp8"])
+def test_a_compact_conversion_cut_by_a_file_size_limit_fails_cleanly_and_resumes(tmp_path, name):
+    """A write that fails (disk full, file size limit) anywhere in a compact segment, including a new chunk of the
+    16-row scale datasets, is a CacheWriteError; the writer's close drops the unwritten chunks instead of leaving
+    the segment open, so the process exits normally, and a re-run resumes to the same features."""
+    src = make_fp16_cache(tmp_path, n_videos=20)
+    done = subprocess.run([sys.executable, "-c", SIZE_LIMIT_SWEEP, str(src), str(tmp_path), name],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout) >= 20 and "Traceback" not in done.stderr, done.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------- batches
