@@ -415,8 +415,10 @@ def _refuse_finished_work(out: Path):
     """A new run never writes into a folder that holds another run: its best.pt and log would be replaced."""
     held = [name for name in ("config.json", "log.csv", "last.pt", "best.pt") if (out / name).exists()]
     if held:
-        raise ConfigError(f"--out {shown(out)}: already holds a run ({', '.join(held)}); continue it with --resume "
-                          f"{shown(out)}, or pass another --out")
+        way_out = (f"continue it with --resume {shown(out)}" if "last.pt" in held else
+                   "it has no last.pt to resume (it stopped before its first epoch ended): delete the folder")
+        raise ConfigError(f"--out {shown(out)}: already holds a run ({', '.join(held)}); {way_out}, or pass another "
+                          f"--out")
 
 
 def link_latest(run: Path, name: str):

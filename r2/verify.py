@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from r2 import cache, datasets
+from r2.errors import command
 
 __all__ = ["Report", "ShardStatus", "verify", "info", "merge", "main"]
 
@@ -584,25 +585,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.command == "convert":
-        try:
-            done = cache.convert(args.src, args.dst, args.store)
-        except cache.CacheError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        done = cache.convert(args.src, args.dst, args.store)
         print(f"{args.dst}: {done.line()}")
         report = verify(args.dst, values=False)
         print("\n".join(report.lines()))
         return report.exit_code
     if args.command == "info":
-        try:
-            lines = info(args.entry)
-        except cache.CacheError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print("\n".join(lines))
+        print("\n".join(info(args.entry)))
         return 0
     report = verify(args.entry, values=not args.no_values)
     print("\n".join(report.lines()))

@@ -258,6 +258,13 @@ def test_convert_command_line(tmp_path):
     assert "0.5" in out.stdout.splitlines()[0] and "(fp8)" in out.stdout
     again = run("convert", str(src), str(tmp_path / "c.h5"), "--store", "int8")
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "dtype: cache 'float8_e4m3fn'" in again.stderr
+    for command in (["convert", str(src), str(tmp_path / "d.h5"), "--store", "int8"], ["info", str(src)],
+                    ["verify", str(src)]):  # their stdout read by `| head`, gone already: quiet, no traceback
+        closed = subprocess.Popen([sys.executable, "-m", "r2.cache", *command], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=REPO)
+        closed.stdout.close()
+        assert "Traceback" not in closed.stderr.read() and closed.wait() in (0, 1), command  # 1: src lacks a video
+    assert Cache(tmp_path / "d.h5").videos  # the conversion was done before its lines were printed
 
 
 @pytest.mark.parametrize("victim", ["notes.txt", "best.pt", "other.h5", "folder", "link.h5"])

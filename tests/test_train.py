@@ -214,6 +214,12 @@ def test_resume_refuses_another_cache_and_settings_it_would_ignore(run3, demo, t
     with pytest.raises(ConfigError, match=rf"^--out {run3}: already holds a run \(config.json, log.csv, last.pt, "
                                           rf"best.pt\); continue it with --resume {run3}"):
         Trainer(TrainConfig(cache=str(demo), out=str(run3), **SMALL))  # a new run would replace its best.pt
+    stopped = tmp_path / "stopped"  # a run that died in its first epoch: config.json, no checkpoint to resume
+    stopped.mkdir()
+    (stopped / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=rf"^--out {stopped}: already holds a run \(config.json\); it has no "
+                                          r"last.pt to resume .*: delete the folder, or pass another --out$"):
+        Trainer(TrainConfig(cache=str(demo), out=str(stopped), **SMALL))
     with pytest.raises(ConfigError, match=r"^--epochs 2: .* has trained 3 epochs already"):
         Trainer(TrainConfig(cache=str(demo), resume=str(run3), epochs=2, progress=False))
     capsys.readouterr()
