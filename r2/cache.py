@@ -324,11 +324,13 @@ def _check_entry(entry: Path, fingerprint: dict):
                          f"{parts_dir(entry)} discards its features)")
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def _not_a_cache(entry: Path) -> str | None:
     """What the existing path `entry` is when it is not an r2 cache's entry; None when it is one, perhaps damaged:
-    its parts folder is beside it, or it is an HDF5 file whose `format` attribute says so."""
-    if parts_dir(entry).is_dir():
-        return None
+    an HDF5 file whose `format` attribute says so, or, with its parts folder beside it, an HDF5 file that cannot
+    be read (cut short) or an empty one."""
     if entry.is_dir():
         return "a folder"
     if not entry.exists():
@@ -337,6 +339,10 @@ def _not_a_cache(entry: Path) -> str | None:
         with h5py.File(entry, "r") as f:
             return None if f.attrs.get("format") == FORMAT else "an HDF5 file without r2's format attribute"
     except OSError:
+        with open(entry, "rb") as f:
+            head = f.read(len(HDF5_SIGNATURE))
+        if parts_dir(entry).is_dir() and head in (b"", HDF5_SIGNATURE):
+            return None
         return "not an HDF5 file"
 
 

@@ -15,14 +15,19 @@ import sys
 from pathlib import Path
 
 from r2 import checkpoint
-from r2.errors import ConfigError, command
+from r2.errors import ConfigError, check_new_file, command
 
 __all__ = ["convert", "get_args_parser", "main"]
 
 
 def convert(src: str | Path, out: str | Path, to_official: bool = False, dataset: str | None = None,
             domain: str | None = None) -> Path:
-    """Read `src` (either format, or a zoo name) and write it to `out` in r2's format, or the official one."""
+    """Read `src` (either format, or a zoo name) and write it to `out` in r2's format, or the official one; `out`
+    must be a new file (a finished run's best.pt, or anything else there, is never replaced)."""
+    out = Path(out)
+    if out.resolve() == Path(src).resolve():
+        raise ConfigError(f"--out {out} is the input file: write the converted checkpoint elsewhere")
+    check_new_file(out)
     ckpt = checkpoint.load_checkpoint(src, dataset)
     if to_official:
         obj = checkpoint.to_official(ckpt)
@@ -30,9 +35,6 @@ def convert(src: str | Path, out: str | Path, to_official: bool = False, dataset
         obj = {**checkpoint.provenance(), **ckpt}
         if domain is not None:
             obj["config"] = {**obj["config"], "domain": domain}
-    out = Path(out)
-    if out.resolve() == Path(src).resolve():
-        raise ConfigError(f"--out {out} is the input file: write the converted checkpoint elsewhere")
     checkpoint.save(obj, out)
     return out
 

@@ -219,6 +219,12 @@ def make_demo(root: Path, seed: int = 0, n_videos: int = DEFAULT_VIDEOS, progres
     video_paths = [videos_dir / f"{v.vid}.mp4" for v in videos]
     outputs = [root / "train.jsonl", root / "val.jsonl", *video_paths]
 
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root}: is a file; the demo dataset needs a folder there (it is made beside the cache: "
+                          f"pass another --out)")
+    if not manifest_path.exists() and root.is_dir() and any(root.iterdir()):
+        raise ConfigError(f"{root}: holds files but no manifest.json, so it is not a demo folder r2 made; r2 never "
+                          f"writes over them: move them, or pass another --out (the demo is made beside the cache)")
     if manifest_path.exists():
         recorded = json.loads(manifest_path.read_text())
         if (recorded.get("seed"), recorded.get("generator_version")) != (seed, GENERATOR_VERSION):

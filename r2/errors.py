@@ -8,10 +8,11 @@ import sys
 import types
 import typing
 import warnings
+from pathlib import Path
 from typing import Callable
 
 __all__ = ["OFF", "R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "allows_off",
-           "command", "field_type", "flag", "one_line_warning", "scalar_kind", "scalar_parser"]
+           "check_new_file", "check_new_folder", "command", "field_type", "flag", "one_line_warning", "scalar_kind", "scalar_parser"]
 
 
 class R2Error(Exception):
@@ -78,6 +79,35 @@ def scalar_parser(config: type, name: str) -> Callable[[str], object]:
 
     number_or_off.__name__ = f"{kind.__name__} or {OFF}"  # argparse's "invalid int or none value: 'x'"
     return number_or_off
+
+
+def check_new_file(path: Path, flag: str = "--out") -> Path:
+    """`path` as a new output file: refused (ConfigError) when anything is there already (a file, a folder, a link,
+    even a dangling one), since r2 never overwrites what it was not asked to replace."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{flag} {path}: a link to a missing file is there; pass a new path, or remove the link")
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; pass the path of a new file")
+    if path.exists():
+        raise ConfigError(f"{flag} {path}: exists; r2 never overwrites a file: pass a new path, or delete it first")
+    return path
+
+
+def check_new_folder(path: Path, flag: str = "--out") -> Path:
+    """`path` as an output folder: refused (ConfigError) when it is a file, a link to a missing file, or a folder
+    that holds anything, since r2 never writes over what it was not asked to replace; a new or empty one is fine."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{flag} {path}: a link to a missing folder is there; pass a new path, or remove the link")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a file, not a folder; pass the path of a new folder")
+    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if held:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise ConfigError(f"{flag} {path}: holds files already ({shown}); r2 writes only into a new or empty "
+                          f"folder: pass another {flag}")
+    return path
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None):

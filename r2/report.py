@@ -216,7 +216,7 @@ def plot_run(run_dir: Path, out_dir: Path, name: str | None = None) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if columns and title != "lr":
             ax.legend(fontsize=7)
-    out = out_dir / f"{name.replace('/', '__')}_curves.png"
+    out = out_dir / curves_name(name)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -233,6 +233,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+MANIFEST = ".r2-report.json"  # in the output folder: the files r2.report wrote there, which a new report may replace
+
+
+def curves_name(label: str) -> str:
+    return f"{label.replace('/', '__')}_curves.png"
+
+
+def check_out(out: Path, names: list[str]):
+    """The output folder may take `names`: each is absent or was written there by r2.report (its manifest lists
+    it); anything else of that name (the user's own report.md, ...) is never replaced."""
+    if out.exists() and not out.is_dir() or out.is_symlink() and not out.exists():
+        raise ReportError(f"--out {out}: is a file or a dangling link, not a folder; pass the path of a folder")
+    ours = set(_read_json(out / MANIFEST).get("written", [])) if (out / MANIFEST).is_file() else set()
+    clash = [name for name in names if ((out / name).exists() or (out / name).is_symlink()) and name not in ours]
+    if clash:
+        raise ReportError(f"--out {out}: {clash[0]} is there and was not written by r2.report; pass another --out, "
+                          f"or move it away")
+
+
 def main(args) -> pd.DataFrame:
     out = args.out or default_out(args.runs)
     runs, notes = find_runs(args.runs, skip=out)
@@ -243,18 +262,22 @@ def main(args) -> pd.DataFrame:
         raise ReportError(f"no run to report among {len(args.runs)} path(s): give run folders (with config.json "
                           f"and metrics.json) or sweep folders" + (f"; {unreadable[0]}" if unreadable else ""))
     table = table_of(rows)
+    reported = {row["run"] for row in rows}
+    plotted = [label for label, _ in runs if args.plot and label in reported]
+    check_out(out, ["report.md", "report.csv", *map(curves_name, plotted)])
     out.mkdir(parents=True, exist_ok=True)
     text = _markdown(table)
     (out / "report.md").write_text(text)
     table.to_csv(out / "report.csv", index=False, float_format="%.2f")
     written = [out / "report.md", out / "report.csv"]
-    reported = {row["run"] for row in rows}
     for label, folder in runs:
-        if args.plot and label in reported:
+        if label in plotted:
             try:
                 written.append(plot_run(folder, out, label))
             except ReportError as err:
                 notes.append(f"{label}: no curves: {err}")
+    ours = set(_read_json(out / MANIFEST).get("written", [])) if (out / MANIFEST).is_file() else set()
+    (out / MANIFEST).write_text(json.dumps({"written": sorted(ours | {p.name for p in written})}))
     for note in notes + unreadable:
         print(f"note: {note}", file=sys.stderr)
     print(text)

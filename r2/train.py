@@ -27,7 +27,7 @@ from r2.checkpoint import (build_model, cache_identity, check_compatible, check_
 from r2.data import (MIN_TRAIN_SECONDS, GlobalBatchSampler, GroundingDataset, Preloaded, collate,
                      resident_features)
 from r2.decode import DecodeConfig
-from r2.errors import OFF, ConfigError, flag
+from r2.errors import OFF, ConfigError, check_new_folder, flag
 from r2.losses import Criterion, LossConfig, loss_config_for
 from r2.model import R2Config, R2Model, config_for
 from r2.recipes import recipe
@@ -189,6 +189,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_path: str | Path, split: s
     (default: the dataset's evaluation split). Written to `out`, by default a new folder
     runs/eval-<checkpoint>-<cache>-<split>-<time>, so nothing the run folder holds is replaced.
     Returns (metrics, output folder)."""
+    if out is not None:
+        check_new_folder(out)  # before any work: a given --out is a new or empty folder
     checkpoint = checkpoint_file(checkpoint)
     ckpt = load_checkpoint(checkpoint, dataset)
     cache = Cache(cache_path)
@@ -412,13 +414,15 @@ class Trainer:
 
 
 def _refuse_finished_work(out: Path):
-    """A new run never writes into a folder that holds another run: its best.pt and log would be replaced."""
-    held = [name for name in ("config.json", "log.csv", "last.pt", "best.pt") if (out / name).exists()]
-    if held:
-        way_out = (f"continue it with --resume {shown(out)}" if "last.pt" in held else
-                   "it has no last.pt to resume (it stopped before its first epoch ended): delete the folder")
-        raise ConfigError(f"--out {shown(out)}: already holds a run ({', '.join(held)}); {way_out}, or pass another "
-                          f"--out")
+    """A new run writes only into a new or empty folder: never over another run's best.pt and log (said as such,
+    with --resume where it can continue), nor over any other file."""
+    held = [name for name in ("config.json", "log.csv", "last.pt", "best.pt") if out.is_dir() and (out / name).exists()]
+    if not held:
+        check_new_folder(out)
+        return
+    way_out = (f"continue it with --resume {shown(out)}" if "last.pt" in held else
+               "it has no last.pt to resume (it stopped before its first epoch ended): delete the folder")
+    raise ConfigError(f"--out {shown(out)}: already holds a run ({', '.join(held)}); {way_out}, or pass another --out")
 
 
 def link_latest(run: Path, name: str):

@@ -295,12 +295,19 @@ def test_a_file_that_is_not_a_cache_is_never_overwritten(tmp_path, victim):
 
 
 def test_a_damaged_entry_beside_its_parts_is_still_rewritten(tmp_path):
-    """An entry whose file is garbage but whose parts folder is beside it is an r2 cache's: re-running rewrites it."""
+    """An entry cut short (or emptied) beside its parts folder is an r2 cache's: re-running rewrites it. A file
+    that was never HDF5 there (notes saved under that name) is still refused."""
     src = make_fp16_cache(tmp_path)
     dst = tmp_path / "c.h5"
     convert(src, dst, "int8")
-    dst.write_bytes(b"garbage")
-    assert convert(src, dst, "int8").skipped == 13 and Cache(dst).records("train") == Cache(src).records("train")
+    whole = dst.read_bytes()
+    for damaged in (whole[:200], b""):
+        dst.write_bytes(damaged)
+        assert convert(src, dst, "int8").skipped == 13 and Cache(dst).records("train") == Cache(src).records("train")
+    dst.write_bytes(b"my notes")
+    with pytest.raises(CacheError, match=r"c.h5 exists and is not an r2 cache \(not an HDF5 file\)"):
+        convert(src, dst, "int8")
+    assert dst.read_bytes() == b"my notes"
 
 
 def test_a_compact_store_is_refused_in_a_cache_of_another(tmp_path):

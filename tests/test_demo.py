@@ -139,6 +139,20 @@ def test_other_seed_in_same_folder_is_refused(demo_dirs, tmp_path):
         make_demo(root, seed=1, n_videos=N, progress=False)
 
 
+def test_a_folder_that_is_not_a_demo_folder_is_never_written(tmp_path):
+    """The demo is generated beside the cache (cache/demo/): a folder there that r2 did not make (no manifest.json)
+    keeps its files, e.g. the user's own train.jsonl; a file there is refused too."""
+    root = tmp_path / "demo"
+    root.mkdir()
+    (root / "train.jsonl").write_text("mine\n")
+    with pytest.raises(ValueError, match=r"holds files but no manifest\.json, so it is not a demo folder r2 made"):
+        make_demo(root, seed=0, n_videos=2, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["train.jsonl"] and (root / "train.jsonl").read_text() == "mine\n"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"file: is a file; the demo dataset needs a folder there"):
+        make_demo(tmp_path / "file", seed=0, n_videos=2, progress=False)
+
+
 def test_videos_decode_to_duration_over_two_frames_and_show_their_concepts(demo_dirs):
     root = demo_dirs[0]
     for i in range(N):

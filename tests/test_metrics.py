@@ -11,6 +11,7 @@ import pytest
 from r2.metrics import (check_submission, eval_highlights, eval_moments, eval_tvsum, eval_youtube, evaluate,
                         headline, iou_cross, iou_hull, pack_qvhighlights, read_jsonl, sklearn_interpolated_ap,
                         trapezoid_ap, write_submission)
+from r2.errors import ConfigError
 from r2.metrics.__main__ import get_args_parser, main
 
 
@@ -238,6 +239,12 @@ def test_cli_qvhighlights_on_small_files(tmp_path, capsys):
                                        "--pred", str(tmp_path / "pred.jsonl"), "--out", str(tmp_path / "m.json")]))
     written = json.loads((tmp_path / "m.json").read_text())
     assert written["MR-middle-mIoU"] == written["MR-long-mIoU"] == "n/a" and written["MR-short-mIoU"] != "n/a"
+    for taken in ("pred.jsonl", "gt.jsonl", "m.json"):  # its own inputs, or an earlier output: never overwritten
+        before = (tmp_path / taken).read_bytes()
+        with pytest.raises(ConfigError, match=rf"^--out .*{taken}: exists; r2 never overwrites a file"):
+            main(get_args_parser().parse_args(["--dataset", "tacos", "--gt", str(tmp_path / "gt.jsonl"),
+                                               "--pred", str(tmp_path / "pred.jsonl"), "--out", str(tmp_path / taken)]))
+        assert (tmp_path / taken).read_bytes() == before
     capsys.readouterr()
     closed = subprocess.Popen([sys.executable, "-m", "r2.metrics", "--dataset", "qvhighlights", "--gt",
                                str(tmp_path / "gt.jsonl"), "--pred", str(tmp_path / "pred.jsonl")],

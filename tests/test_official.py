@@ -60,6 +60,10 @@ def test_convert_both_ways_is_lossless(qvh_official, tmp_path):
     assert list(again["state_dict"]) == list(qvh_official["state_dict"])  # same names, same file order
     for key, value in qvh_official["state_dict"].items():
         assert torch.equal(again["state_dict"][key], value), key
+    before = (tmp_path / "run" / "best.pt").read_bytes()  # a finished run's checkpoint is never replaced
+    over = run("-m", "r2.convert", QVH_PTH, "--dataset", "qvhighlights", "--out", tmp_path / "run" / "best.pt")
+    assert over.returncode == 2 and over.stderr.count("\n") == 1 and "exists; r2 never overwrites" in over.stderr
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before
     assert again["state_dict"]["loss._loss_sal.scale"].item() == pytest.approx(np.log(1 / 0.07))
 
 

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from r2.report import curve_columns, get_args_parser, main
+from r2.report import ReportError, curve_columns, get_args_parser, main
 from r2.sweep import rank
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,8 @@ def test_report_reads_a_runs_folder_with_a_sweep_links_and_strays(tmp_path, monk
     assert list(table.set_index("run").loc[["sweep-demo/01_lr=1e-3", "sweep-demo/00_lr=1e-4"], "mAP"]) == [40.0, 30.0]
     assert "sweep-demo/02_lr=1e-2: trial failed (loss is NaN)" in err and "unfinished: no metrics.json" in err
     assert "notes.txt: not a run folder" in err
-    assert sorted(p.name for p in (runs / "report").iterdir()) == ["report.csv", "report.md"]  # beside the runs
+    # beside the runs, with the manifest of what it wrote there (a later report may replace those, nothing else)
+    assert sorted(p.name for p in (runs / "report").iterdir()) == [".r2-report.json", "report.csv", "report.md"]
     assert not list(cwd.iterdir())  # never the current folder
     main(get_args_parser().parse_args(sorted(str(p) for p in runs.iterdir()) + ["--plot"]))  # runs/* again
     assert "report: not a run folder" not in capsys.readouterr().err  # its own folder is not a run
@@ -128,6 +130,26 @@ def closed_pipe_stderr(command: list[str], cwd) -> tuple[int, str]:
     proc.stdout.close()
     err = proc.stderr.read()
     return proc.wait(), err
+
+
+def test_report_never_replaces_a_file_it_did_not_write(tmp_path):
+    """report/ may hold the user's own report.md, or --out a file: refused, untouched; the files of an earlier
+    report (listed in its manifest) are replaced by the next one."""
+    (tmp_path / "runs").mkdir()
+    run = _qvh(tmp_path / "runs" / "run", 1.0)
+    mine = tmp_path / "runs" / "report" / "report.md"
+    mine.parent.mkdir()
+    mine.write_text("my notes")
+    with pytest.raises(ReportError, match=r"report.md is there and was not written by r2.report; pass another --out"):
+        main(get_args_parser().parse_args([str(run)]))
+    assert mine.read_text() == "my notes"
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ReportError, match=r"--out .*notes.txt: is a file or a dangling link, not a folder"):
+        main(get_args_parser().parse_args([str(run), "--out", str(tmp_path / "notes.txt")]))
+    out = tmp_path / "out"
+    for _ in range(2):  # the second report replaces the first one's files
+        main(get_args_parser().parse_args([str(run), "--out", str(out), "--plot"]))
+    assert sorted(p.name for p in out.iterdir()) == [".r2-report.json", "report.csv", "report.md", "run_curves.png"]
 
 
 def test_report_cli_errors_are_one_line_and_a_closed_pipe_is_quiet(tmp_path):

@@ -214,6 +214,17 @@ def test_resume_refuses_another_cache_and_settings_it_would_ignore(run3, demo, t
     with pytest.raises(ConfigError, match=rf"^--out {run3}: already holds a run \(config.json, log.csv, last.pt, "
                                           rf"best.pt\); continue it with --resume {run3}"):
         Trainer(TrainConfig(cache=str(demo), out=str(run3), **SMALL))  # a new run would replace its best.pt
+    mine = tmp_path / "mine"  # a folder of the user's: none of a run's files, but fit would write metrics.json
+    mine.mkdir()
+    (mine / "metrics.json").write_text("my numbers")
+    with pytest.raises(ConfigError, match=rf"^--out {mine}: holds files already \(metrics.json\); r2 writes only "
+                                          r"into a new or empty folder"):
+        Trainer(TrainConfig(cache=str(demo), out=str(mine), **SMALL))
+    with pytest.raises(ConfigError, match=r"metrics.json: is a file, not a folder"):
+        Trainer(TrainConfig(cache=str(demo), out=str(mine / "metrics.json"), **SMALL))
+    with pytest.raises(ConfigError, match=rf"^--out {mine}: holds files already"):  # evaluate: before any work
+        evaluate_checkpoint(run3, demo, out=mine)
+    assert (mine / "metrics.json").read_text() == "my numbers"
     stopped = tmp_path / "stopped"  # a run that died in its first epoch: config.json, no checkpoint to resume
     stopped.mkdir()
     (stopped / "config.json").write_text("{}")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..datasets import DATASETS, TVSUM_SPLITS, YOUTUBE_SPLITS, read_json_videos
-from ..errors import command
+from ..errors import check_new_file, command
 from ..recipes import recipe
 from . import MetricsError, check_saliency_predictions, evaluate, eval_tvsum, eval_youtube, read_jsonl
 from .moments import empty_buckets
@@ -56,6 +56,8 @@ def shown(metrics: dict, empty: list[str]) -> dict:
 
 def main(args) -> dict:
     """The metrics (the evaluator's values); prints and writes them with empty buckets as "n/a"."""
+    if args.out is not None:
+        check_new_file(args.out)  # before any work: never over the predictions, the GT or anything else
     if recipe(args.dataset).highlight_only:
         metrics, empty = _domain_metrics(args), []
     else:
