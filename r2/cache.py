@@ -288,20 +288,33 @@ def write_entry(entry: Path, *, dataset: str, fingerprint: dict, dims: dict, ann
     """
     entry = Path(entry)
     _check_entry(entry, fingerprint)
-    entry.parent.mkdir(parents=True, exist_ok=True)
+    _check_parts_folder(entry)
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["version"] = VERSION
-        f.attrs["dataset"] = dataset
-        f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
-        f.attrs["dims"] = json.dumps(dims, sort_keys=True)
-        f.attrs["splits"] = json.dumps(sorted(annotations))
-        group = f.create_group("annotations")
-        for split, records in annotations.items():
-            group.create_dataset(split, data="\n".join(json.dumps(r, ensure_ascii=False) for r in records),
-                                 dtype=h5py.string_dtype("utf-8"))
-    os.replace(tmp, entry)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["version"] = VERSION
+            f.attrs["dataset"] = dataset
+            f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+            f.attrs["dims"] = json.dumps(dims, sort_keys=True)
+            f.attrs["splits"] = json.dumps(sorted(annotations))
+            group = f.create_group("annotations")
+            for split, records in annotations.items():
+                group.create_dataset(split, data="\n".join(json.dumps(r, ensure_ascii=False) for r in records),
+                                     dtype=h5py.string_dtype("utf-8"))
+        os.replace(tmp, entry)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CacheError(f"{entry}: cannot write the cache entry there ({describe_oserror(e)})") from None
+
+
+def _check_parts_folder(entry: Path):
+    """The cache's features folder (X.parts beside X.h5) must be a folder or absent."""
+    folder = parts_dir(entry)
+    if folder.is_symlink() and not folder.exists() or folder.exists() and not folder.is_dir():
+        raise CacheError(f"{folder}: is a file or a dangling link, where the cache {entry} keeps its features; move "
+                         f"it, or pass another --out")
 
 
 def _check_entry(entry: Path, fingerprint: dict):
@@ -420,7 +433,11 @@ class ShardWriter:
         self.dims = dims
         self.store = store_of(fingerprint)
         self.dir = parts_dir(self.entry)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        _check_parts_folder(self.entry)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"{self.dir}: cannot create the cache's features folder ({describe_oserror(e)})") from None
         stem = _shard_stem(shard)
         self._lock = _acquire_lock(self.dir / f"{stem}.lock")
         try:

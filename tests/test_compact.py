@@ -294,6 +294,25 @@ def test_a_file_that_is_not_a_cache_is_never_overwritten(tmp_path, victim):
     assert (path.read_bytes() if path.is_file() else None) == before and not cache.parts_dir(path).exists()
 
 
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_a_parts_path_that_is_not_a_folder_is_refused_before_anything_is_written(tmp_path, kind):
+    """X.parts beside X.h5 is where a cache keeps its features: a file or a dangling link there is one line naming
+    it (was a FileExistsError traceback), for the entry writer and the shard writer alike, and no X.h5 is left."""
+    src = make_fp16_cache(tmp_path)
+    dst = tmp_path / "c.h5"
+    parts = cache.parts_dir(dst)
+    if kind == "file":
+        parts.write_text("mine")
+    else:
+        parts.symlink_to(tmp_path / "nowhere")
+    for attempt in (lambda: convert(src, dst, "int8"),
+                    lambda: write_entry(dst, dataset="custom", fingerprint=FP, dims=DIMS, annotations={"train": []}),
+                    lambda: ShardWriter(dst, shard=(0, 1), fingerprint=FP, dims=DIMS)):
+        with pytest.raises(CacheError, match=r"c.parts: is a file or a dangling link, where the cache .*c.h5 keeps"):
+            attempt()
+    assert not dst.exists() and (parts.read_text() == "mine" if kind == "file" else parts.is_symlink())
+
+
 def test_a_damaged_entry_beside_its_parts_is_still_rewritten(tmp_path):
     """An entry cut short (or emptied) beside its parts folder is an r2 cache's: re-running rewrites it. A file
     that was never HDF5 there (notes saved under that name) is still refused."""

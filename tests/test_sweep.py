@@ -99,6 +99,12 @@ def test_sweep_config_errors(tmp_path):
         run_sweep(SweepConfig(cache="x.h5", grid={"lr": [1e-4]}, fixed={"lr": 1e-3}))
     with pytest.raises(ValueError, match="fixed out not TrainConfig fields a sweep passes on"):
         run_sweep(SweepConfig(cache="x.h5", grid={"lr": [1e-4]}, fixed={"out": "x"}))
+    (tmp_path / "notes.txt").write_text("mine")  # was a NotADirectoryError traceback
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    for taken in ("notes.txt", "link"):
+        with pytest.raises(ValueError, match=rf"^--out .*{taken}: is a file or a dangling link, not a sweep folder"):
+            run_sweep(SweepConfig(cache="x.h5", grid={"lr": [1e-4]}, out=str(tmp_path / taken)))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 # ----------------------------------------------------------------------------------------------- real sweeps
