@@ -356,7 +356,8 @@ def _not_a_cache(entry: Path) -> str | None:
             head = f.read(len(HDF5_SIGNATURE))
         if parts_dir(entry).is_dir() and head in (b"", HDF5_SIGNATURE):
             return None
-        return "not an HDF5 file"
+        return ("not an HDF5 file; if it is this cache's damaged entry, delete it and re-run: the features in "
+                f"{parts_dir(entry)} are kept" if parts_dir(entry).is_dir() else "not an HDF5 file")
 
 
 def check_before_writing(entry: Path, fingerprint: dict, dims: dict, shard: tuple[int, int]):
@@ -388,8 +389,8 @@ def open_entry_attrs(entry: Path) -> dict:
     entry = Path(entry)
     if not entry.is_file():
         raise CacheError(f"{entry}: no such cache; make one with `python extract/run.py --dataset NAME` first")
-    rebuild = (f"rebuild it: re-run the extraction command that made it (it rewrites a damaged entry), or "
-               f"`python extract/merge.py --out {entry} --dataset NAME` (the features in {parts_dir(entry)} are kept)")
+    rebuild = (f"rebuild it: delete it, then re-run the extraction command that made it, or `python "
+               f"extract/merge.py --out {entry} --dataset NAME` (the features in {parts_dir(entry)} are kept)")
     try:
         with h5py.File(entry, "r") as f:
             attrs = dict(f.attrs)

@@ -94,15 +94,16 @@ def check_new_file(path: Path, flag: str = "--out") -> Path:
     return path
 
 
-def check_new_folder(path: Path, flag: str = "--out") -> Path:
+def check_new_folder(path: Path, flag: str = "--out", ignore: tuple[str, ...] = ()) -> Path:
     """`path` as an output folder: refused (ConfigError) when it is a file, a link to a missing file, or a folder
-    that holds anything, since r2 never writes over what it was not asked to replace; a new or empty one is fine."""
+    that holds anything but the names in `ignore`, since r2 never writes over what it was not asked to replace; a
+    new or empty one is fine."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise ConfigError(f"{flag} {path}: a link to a missing folder is there; pass a new path, or remove the link")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {path}: is a file, not a folder; pass the path of a new folder")
-    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    held = sorted(p.name for p in path.iterdir() if p.name not in ignore) if path.is_dir() else []
     if held:
         shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
         raise ConfigError(f"{flag} {path}: holds files already ({shown}); r2 writes only into a new or empty "

@@ -418,7 +418,7 @@ def _refuse_finished_work(out: Path):
     with --resume where it can continue), nor over any other file."""
     held = [name for name in ("config.json", "log.csv", "last.pt", "best.pt") if out.is_dir() and (out / name).exists()]
     if not held:
-        check_new_folder(out)
+        check_new_folder(out, ignore=("output.log",))  # a sweep trial's log, opened before its Trainer starts
         return
     way_out = (f"continue it with --resume {shown(out)}" if "last.pt" in held else
                "it has no last.pt to resume (it stopped before its first epoch ended): delete the folder")

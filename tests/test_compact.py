@@ -324,7 +324,8 @@ def test_a_damaged_entry_beside_its_parts_is_still_rewritten(tmp_path):
         dst.write_bytes(damaged)
         assert convert(src, dst, "int8").skipped == 13 and Cache(dst).records("train") == Cache(src).records("train")
     dst.write_bytes(b"my notes")
-    with pytest.raises(CacheError, match=r"c.h5 exists and is not an r2 cache \(not an HDF5 file\)"):
+    with pytest.raises(CacheError, match=r"c.h5 exists and is not an r2 cache \(not an HDF5 file; if it is this "
+                                         r"cache's damaged entry, delete it and re-run"):
         convert(src, dst, "int8")
     assert dst.read_bytes() == b"my notes"
 

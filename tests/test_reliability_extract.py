@@ -122,9 +122,15 @@ def test_a_refused_run_writes_nothing_and_the_original_command_still_works(extra
 
 def test_a_damaged_entry_is_rebuilt_by_the_same_command(extracted, corpus, tmp_path, capsys):
     copy = copy_cache(extracted, tmp_path)
-    copy.write_bytes(b"not an HDF5 file")
+    whole = copy.read_bytes()
+    copy.write_bytes(whole[:300])  # an entry cut short: still HDF5's, rewritten in place
+    assert extract(corpus, copy) == 1 and sorted(Cache(copy).videos) == ["a", "b", "c"]
+    copy.write_bytes(b"not an HDF5 file")  # r2 cannot tell it from a file of the user's: never overwritten
     report = verify(copy)
-    assert report.exit_code == 2 and "re-run the extraction command that made it" in report.errors[0]
+    assert report.exit_code == 2 and "delete it, then re-run the extraction command that made it" in report.errors[0]
+    assert extract(corpus, copy) == 2 and copy.read_bytes() == b"not an HDF5 file"
+    assert "if it is this cache's damaged entry, delete it and re-run" in capsys.readouterr().err
+    copy.unlink()
     assert extract(corpus, copy) == 1
     assert sorted(Cache(copy).videos) == ["a", "b", "c"]
 
