@@ -186,7 +186,7 @@ def run_trial(cfg: SweepConfig, trial: Trial, cache: Cache, features: Preloaded 
         print(f"trial {trial.name} failed: {outcome['error']} (traceback in {trial.out / 'error.txt'})",
               file=sys.stderr)
     outcome["seconds"] = round(time.time() - start, 2)
-    (trial.out / "trial.json").write_text(json.dumps(outcome, indent=2))
+    _write_atomic(trial.out / "trial.json", json.dumps(outcome, indent=2))  # whole or absent, even under Ctrl-C
     return outcome
 
 
@@ -353,12 +353,16 @@ def run_sweep(cfg: SweepConfig, grid_texts: dict[str, list[str]] | None = None) 
         print(f"preloaded {cache.entry}: {len(cache.videos)} videos, {len(cache.texts)} queries, "
               f"{features.nbytes / 1e9:.2f} GB in {features.seconds:.1f} s (shared by {len(todo)} trials)")
     print(f"sweep folder {out} | {len(todo)} trials to run, {cfg.trials_parallel} at a time")
-    if cfg.trials_parallel == 1:
-        for i, trial in enumerate(todo):
-            print(f"trial {i + 1}/{len(todo)}: {trial.name}")
-            table.add(run_trial(cfg, trial, cache, features))
-    else:
-        _run_parallel(cfg, todo, cache, features, table.add)
+    try:
+        if cfg.trials_parallel == 1:
+            for i, trial in enumerate(todo):
+                print(f"trial {i + 1}/{len(todo)}: {trial.name}")
+                table.add(run_trial(cfg, trial, cache, features))
+        else:
+            _run_parallel(cfg, todo, cache, features, table.add)
+    except KeyboardInterrupt:
+        table.catch_up()  # a trial that wrote its trial.json just before the interrupt is ranked too
+        raise
     return SweepResult(out=out, table=table.frame, failed=int((table.frame["status"] != "ok").sum()))
 
 
@@ -403,6 +407,16 @@ class _Table:
     def add(self, outcome: dict):
         self.outcomes[outcome["trial"]] = outcome
         self._write()
+
+    def catch_up(self):
+        """Add the trials whose trial.json is on disk but not yet in the table (finished as the sweep was stopped)."""
+        missed = {}
+        for trial in self.trials:
+            if trial.name not in self.outcomes and (trial.out / "trial.json").is_file():
+                missed[trial.name] = json.loads((trial.out / "trial.json").read_text())
+        if missed:
+            self.outcomes.update(missed)
+            self._write()
 
     def _write(self):
         finished = [self.outcomes[t.name] for t in self.trials if t.name in self.outcomes]

@@ -64,6 +64,27 @@ def test_interrupted_sweep_keeps_its_table_and_the_same_command_resumes(demo_cac
     assert other.returncode == 2 and "holds another sweep" in other.stderr
 
 
+def test_a_trial_finished_as_the_sweep_is_interrupted_is_still_ranked(demo_cache, tmp_path, monkeypatch):
+    """Ctrl-C can land after a trial wrote its trial.json and before the table took it in (CI hit that window):
+    the interrupted sweep still ranks it in results.csv, as its message says."""
+    import json
+
+    from r2 import metrics, sweep
+
+    def finish_then_interrupt(cfg, trial, cache, features, progress=None):
+        outcome = {"trial": trial.name, "params": trial.params, "status": "ok", "value": 42.0, "best_epoch": 1,
+                   "epochs": 1, "error": "", "seconds": 0.1, "metric": metrics.headline(cache.dataset)}
+        trial.out.mkdir(parents=True)
+        (trial.out / "trial.json").write_text(json.dumps(outcome))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_trial", finish_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(sweep.SweepConfig(cache=str(demo_cache), grid={"seed": [1, 2]}, out=str(tmp_path / "s")))
+    table = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert list(table["trial"]) == ["0_seed=1"] and list(table["status"]) == ["ok"]
+
+
 @pytest.mark.slow  # a parallel sweep process tree
 def test_killing_a_parallel_sweep_kills_its_trials(demo_cache, tmp_path):
     out = tmp_path / "sweep"
