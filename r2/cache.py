@@ -76,7 +76,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from r2.errors import ConfigError, R2Error
+from r2.errors import ConfigError, R2Error, not_a_folder
 
 FORMAT = "r2-cache"
 VERSION = 1
@@ -312,7 +312,7 @@ def write_entry(entry: Path, *, dataset: str, fingerprint: dict, dims: dict, ann
 def _check_parts_folder(entry: Path):
     """The cache's features folder (X.parts beside X.h5) must be a folder or absent."""
     folder = parts_dir(entry)
-    if folder.is_symlink() and not folder.exists() or folder.exists() and not folder.is_dir():
+    if not_a_folder(folder):
         raise CacheError(f"{folder}: is a file or a dangling link, where the cache {entry} keeps its features; move "
                          f"it, or pass another --out")
 
@@ -601,7 +601,7 @@ class ShardWriter:
                 # error was reported; the segment keeps its open status flags, so it is read-only from now on
                 # (readers see its committed rows) and the next run appends a new segment.
                 try:
-                    _truncate_to_committed(self.file, best_effort=True)  # drops the unwritten chunks from the cache
+                    _truncate_to_committed(self.file)  # drops the unwritten chunks from HDF5's cache
                 except (OSError, RuntimeError):
                     pass
                 self._ds.clear()
@@ -673,11 +673,11 @@ def _append_bytes(ds: h5py.Dataset, text: str) -> tuple[int, int]:
     return _append(ds, data), len(data)
 
 
-def _truncate_to_committed(f: h5py.File, best_effort: bool = False):
-    """Drop rows past the last committed index row (left by a writer that failed between the two). best_effort
-    (after a failed write): every dataset is tried even when another one's resize fails, since a resize is also
-    what drops a failed write's new chunks from HDF5's cache, which its close would otherwise retry (and, failing,
-    leave the file open for the interpreter's exit to crash on); the first error is raised at the end."""
+def _truncate_to_committed(f: h5py.File):
+    """Drop rows past the last committed index row (left by a writer that failed between the two). Every dataset is
+    tried even when another one's resize fails, since a resize is also what drops a failed write's new chunks from
+    HDF5's cache, which its close would otherwise retry (and, failing, leave the file open for the interpreter's
+    exit to crash on); the first error is raised at the end."""
     n = f["video_index"].shape[0]
     ends = {"video_info": n, "video_scales": n}
     for index, pairs in (("video_index", [("video_ids", 0, 1), ("video_feats", 2, 3), ("video_times", 2, 3)]),
@@ -691,8 +691,6 @@ def _truncate_to_committed(f: h5py.File, best_effort: bool = False):
             try:
                 f[name].resize(end, axis=0)
             except (OSError, RuntimeError) as e:
-                if not best_effort:
-                    raise
                 first_error = first_error or e
     if first_error is not None:
         raise first_error

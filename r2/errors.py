@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["OFF", "R2Error", "AnnotationError", "CheckpointError", "ConfigError", "NotFoundError", "allows_off",
-           "check_new_file", "check_new_folder", "command", "field_type", "flag", "one_line_warning", "scalar_kind", "scalar_parser"]
+           "check_new_file", "check_new_folder", "command", "field_type", "flag", "not_a_folder", "one_line_warning", "scalar_kind", "scalar_parser"]
 
 
 class R2Error(Exception):
@@ -94,15 +94,18 @@ def check_new_file(path: Path, flag: str = "--out") -> Path:
     return path
 
 
+def not_a_folder(path: Path) -> bool:
+    """Whether something other than a folder is at `path`: a file, or a link to nothing (a folder's place taken)."""
+    return path.is_symlink() and not path.exists() or path.exists() and not path.is_dir()
+
+
 def check_new_folder(path: Path, flag: str = "--out", ignore: tuple[str, ...] = ()) -> Path:
     """`path` as an output folder: refused (ConfigError) when it is a file, a link to a missing file, or a folder
     that holds anything but the names in `ignore`, since r2 never writes over what it was not asked to replace; a
     new or empty one is fine."""
     path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise ConfigError(f"{flag} {path}: a link to a missing folder is there; pass a new path, or remove the link")
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path}: is a file, not a folder; pass the path of a new folder")
+    if not_a_folder(path):
+        raise ConfigError(f"{flag} {path}: is a file or a dangling link, not a folder; pass the path of a new folder")
     held = sorted(p.name for p in path.iterdir() if p.name not in ignore) if path.is_dir() else []
     if held:
         shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")

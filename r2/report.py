@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import R2Error, command
+from .errors import R2Error, command, not_a_folder
 from .recipes import DATASETS, recipe
 
 class ReportError(R2Error):
@@ -240,12 +240,17 @@ def curves_name(label: str) -> str:
     return f"{label.replace('/', '__')}_curves.png"
 
 
+def written_before(out: Path) -> set[str]:
+    """The names of the files r2.report wrote into `out` before (its manifest); empty for a new folder."""
+    return set(_read_json(out / MANIFEST).get("written", [])) if (out / MANIFEST).is_file() else set()
+
+
 def check_out(out: Path, names: list[str]):
     """The output folder may take `names`: each is absent or was written there by r2.report (its manifest lists
     it); anything else of that name (the user's own report.md, ...) is never replaced."""
-    if out.exists() and not out.is_dir() or out.is_symlink() and not out.exists():
+    if not_a_folder(out):
         raise ReportError(f"--out {out}: is a file or a dangling link, not a folder; pass the path of a folder")
-    ours = set(_read_json(out / MANIFEST).get("written", [])) if (out / MANIFEST).is_file() else set()
+    ours = written_before(out)
     clash = [name for name in names if ((out / name).exists() or (out / name).is_symlink()) and name not in ours]
     if clash:
         raise ReportError(f"--out {out}: {clash[0]} is there and was not written by r2.report; pass another --out, "
@@ -276,8 +281,7 @@ def main(args) -> pd.DataFrame:
                 written.append(plot_run(folder, out, label))
             except ReportError as err:
                 notes.append(f"{label}: no curves: {err}")
-    ours = set(_read_json(out / MANIFEST).get("written", [])) if (out / MANIFEST).is_file() else set()
-    (out / MANIFEST).write_text(json.dumps({"written": sorted(ours | {p.name for p in written})}))
+    (out / MANIFEST).write_text(json.dumps({"written": sorted(written_before(out) | {p.name for p in written})}))
     for note in notes + unreadable:
         print(f"note: {note}", file=sys.stderr)
     print(text)

@@ -370,7 +370,7 @@ def _resume(out: Path, spec: dict, trials: list[Trial]) -> dict[str, dict]:
     """The outcomes of the trials an earlier run of this same sweep finished in `out` (empty for a new folder).
     A folder holding anything else is refused, and so is a file or a dangling link there; an interrupted trial's
     folder is renamed, never deleted."""
-    if out.is_symlink() and not out.exists() or out.exists() and not out.is_dir():
+    if errors.not_a_folder(out):
         raise ConfigError(f"--out {out}: is a file or a dangling link, not a sweep folder; pass another --out")
     if not out.exists() or not any(out.iterdir()):
         return {}

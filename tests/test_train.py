@@ -214,20 +214,22 @@ def test_resume_refuses_another_cache_and_settings_it_would_ignore(run3, demo, t
     with pytest.raises(ConfigError, match=rf"^--out {run3}: already holds a run \(config.json, log.csv, last.pt, "
                                           rf"best.pt\); continue it with --resume {run3}"):
         Trainer(TrainConfig(cache=str(demo), out=str(run3), **SMALL))  # a new run would replace its best.pt
-    mine = tmp_path / "mine"  # a folder of the user's: none of a run's files, but fit would write metrics.json
-    mine.mkdir()
-    (mine / "metrics.json").write_text("my numbers")
+    def folder_holding(name: str, text: str) -> Path:
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_text(text)
+        return folder
+
+    mine = folder_holding("metrics.json", "my numbers")  # the user's: none of a run's files, but fit writes this one
     with pytest.raises(ConfigError, match=rf"^--out {mine}: holds files already \(metrics.json\); r2 writes only "
                                           r"into a new or empty folder"):
         Trainer(TrainConfig(cache=str(demo), out=str(mine), **SMALL))
-    with pytest.raises(ConfigError, match=r"metrics.json: is a file, not a folder"):
+    with pytest.raises(ConfigError, match=r"metrics.json: is a file or a dangling link, not a folder"):
         Trainer(TrainConfig(cache=str(demo), out=str(mine / "metrics.json"), **SMALL))
     with pytest.raises(ConfigError, match=rf"^--out {mine}: holds files already"):  # evaluate: before any work
         evaluate_checkpoint(run3, demo, out=mine)
     assert (mine / "metrics.json").read_text() == "my numbers"
-    stopped = tmp_path / "stopped"  # a run that died in its first epoch: config.json, no checkpoint to resume
-    stopped.mkdir()
-    (stopped / "config.json").write_text("{}")
+    stopped = folder_holding("config.json", "{}")  # a run that died in its first epoch: no checkpoint to resume
     with pytest.raises(ConfigError, match=rf"^--out {stopped}: already holds a run \(config.json\); it has no "
                                           r"last.pt to resume .*: delete the folder, or pass another --out$"):
         Trainer(TrainConfig(cache=str(demo), out=str(stopped), **SMALL))
